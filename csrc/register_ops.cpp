@@ -1,0 +1,21 @@
+// The schema of every op of the instseg extension. Kernels register per device next to their code
+// (roi_align/roi_align_cpu.cpp, roi_align/roi_align_cuda.cu, ...); autograd formulas and fake
+// (meta) kernels are registered from Python in instseg/layers/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(instseg, m) {
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, "
+      "int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
+      "int pooled_width, int batch_size, int channels, int height, int width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+}
+
+// `import instseg._C` loads this library, which runs the registrations above.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,220 @@
+// RoIAlign CPU kernels. Bilinear weights are separable, so each RoI keeps one list of y-samples and
+// one of x-samples (computed once, shared by all channels) instead of a weight per 2-D sample.
+// Forward runs in parallel over (RoI, channel) pairs; backward runs in parallel over channels, so
+// that no two threads ever add into the same gradient plane.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "roi_align_checks.h"
+#include "roi_align_common.h"
+
+namespace instseg {
+namespace {
+
+// The y- and x-samples of every bin of one RoI: y-samples of bin row ph are
+// ys[ph * grid_h, (ph + 1) * grid_h), likewise xs for bin column pw.
+template <typename T>
+struct RoISamples {
+  RoIBins<T> bins;
+  std::vector<AxisSample<T>> ys;
+  std::vector<AxisSample<T>> xs;
+};
+
+template <typename T>
+std::vector<RoISamples<T>> sample_rois(
+    const T* rois,
+    int64_t num_rois,
+    int64_t batch_size,
+    int height,
+    int width,
+    T scale,
+    int pooled_height,
+    int pooled_width,
+    int sampling_ratio,
+    bool aligned) {
+  std::vector<RoISamples<T>> out(num_rois);
+  for (int64_t r = 0; r < num_rois; ++r) {
+    const T* roi = rois + r * 5;
+    TORCH_CHECK(
+        roi[0] >= 0 && roi[0] < batch_size,
+        "roi_align: rois[", r, ", 0] = ", roi[0], " is not an image index in [0, ", batch_size, ")");
+    RoISamples<T>& s = out[r];
+    s.bins = roi_bins<T>(roi, scale, pooled_height, pooled_width, sampling_ratio, aligned);
+    for (int ph = 0; ph < pooled_height; ++ph) {
+      for (int iy = 0; iy < s.bins.grid_h; ++iy) {
+        s.ys.push_back(axis_sample(s.bins.sample_y(ph, iy), height));
+      }
+    }
+    for (int pw = 0; pw < pooled_width; ++pw) {
+      for (int ix = 0; ix < s.bins.grid_w; ++ix) {
+        s.xs.push_back(axis_sample(s.bins.sample_x(pw, ix), width));
+      }
+    }
+  }
+  return out;
+}
+
+template <typename T>
+void forward_plane(
+    const RoISamples<T>& s,
+    const T* plane,
+    int width,
+    int pooled_height,
+    int pooled_width,
+    T* out) {
+  const int grid_h = s.bins.grid_h > 0 ? s.bins.grid_h : 0;
+  const int grid_w = s.bins.grid_w > 0 ? s.bins.grid_w : 0;
+  for (int ph = 0; ph < pooled_height; ++ph) {
+    for (int pw = 0; pw < pooled_width; ++pw) {
+      T acc = 0;
+      for (int iy = 0; iy < grid_h; ++iy) {
+        const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+        const T* row_low = plane + y.low * width;
+        const T* row_high = plane + y.high * width;
+        for (int ix = 0; ix < grid_w; ++ix) {
+          const AxisSample<T>& x = s.xs[pw * grid_w + ix];
+          acc += y.w_low * (x.w_low * row_low[x.low] + x.w_high * row_low[x.high]) +
+              y.w_high * (x.w_low * row_high[x.low] + x.w_high * row_high[x.high]);
+        }
+      }
+      out[ph * pooled_width + pw] = acc / s.bins.count;
+    }
+  }
+}
+
+template <typename T>
+void backward_plane(
+    const RoISamples<T>& s,
+    const T* grad_out,
+    int64_t grad_stride_h,
+    int64_t grad_stride_w,
+    int width,
+    int pooled_height,
+    int pooled_width,
+    T* grad_plane) {
+  const int grid_h = s.bins.grid_h > 0 ? s.bins.grid_h : 0;
+  const int grid_w = s.bins.grid_w > 0 ? s.bins.grid_w : 0;
+  for (int ph = 0; ph < pooled_height; ++ph) {
+    for (int pw = 0; pw < pooled_width; ++pw) {
+      const T g = grad_out[ph * grad_stride_h + pw * grad_stride_w] / s.bins.count;
+      for (int iy = 0; iy < grid_h; ++iy) {
+        const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+        T* row_low = grad_plane + y.low * width;
+        T* row_high = grad_plane + y.high * width;
+        const T g_low = g * y.w_low;
+        const T g_high = g * y.w_high;
+        for (int ix = 0; ix < grid_w; ++ix) {
+          const AxisSample<T>& x = s.xs[pw * grid_w + ix];
+          row_low[x.low] += g_low * x.w_low;
+          row_low[x.high] += g_low * x.w_high;
+          row_high[x.low] += g_high * x.w_low;
+          row_high[x.high] += g_high * x.w_high;
+        }
+      }
+    }
+  }
+}
+
+at::Tensor roi_align_forward_cpu(
+    const at::Tensor& input,
+    const at::Tensor& rois,
+    double spatial_scale,
+    int64_t pooled_height,
+    int64_t pooled_width,
+    int64_t sampling_ratio,
+    bool aligned) {
+  check_roi_align_args(input, rois, pooled_height, pooled_width);
+  TORCH_CHECK(input.is_cpu(), "roi_align: CPU kernel got a tensor on ", input.device());
+  const int64_t num_rois = rois.size(0);
+  const int64_t channels = input.size(1);
+  const int height = input.size(2);
+  const int width = input.size(3);
+  at::Tensor output =
+      at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
+  if (output.numel() == 0 || height == 0 || width == 0) {
+    return output;
+  }
+  at::Tensor input_c = input.contiguous();
+  at::Tensor rois_c = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward_cpu", [&] {
+    const auto samples = sample_rois<scalar_t>(
+        rois_c.data_ptr<scalar_t>(), num_rois, input.size(0), height, width,
+        static_cast<scalar_t>(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned);
+    const scalar_t* in = input_c.data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    const int64_t plane = static_cast<int64_t>(height) * width;
+    const int64_t bins = pooled_height * pooled_width;
+    at::parallel_for(0, num_rois * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = i / channels;
+        const int64_t c = i % channels;
+        const RoISamples<scalar_t>& s = samples[r];
+        forward_plane(
+            s, in + (s.bins.batch * channels + c) * plane, width, pooled_height, pooled_width,
+            out + i * bins);
+      }
+    });
+  });
+  return output;
+}
+
+at::Tensor roi_align_backward_cpu(
+    const at::Tensor& grad,
+    const at::Tensor& rois,
+    double spatial_scale,
+    int64_t pooled_height,
+    int64_t pooled_width,
+    int64_t batch_size,
+    int64_t channels,
+    int64_t height,
+    int64_t width,
+    int64_t sampling_ratio,
+    bool aligned) {
+  TORCH_CHECK(grad.is_cpu() && rois.is_cpu(), "roi_align backward: CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(
+      grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+          grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+      "roi_align backward: grad must be (K, C, PH, PW) = (", rois.size(0), ", ", channels, ", ",
+      pooled_height, ", ", pooled_width, "), got ", grad.sizes());
+  TORCH_CHECK(
+      grad.scalar_type() == rois.scalar_type(),
+      "roi_align backward: grad and rois must have the same dtype");
+  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
+  if (grad.numel() == 0 || grad_input.numel() == 0) {
+    return grad_input;
+  }
+  at::Tensor rois_c = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    const auto samples = sample_rois<scalar_t>(
+        rois_c.data_ptr<scalar_t>(), rois.size(0), batch_size, height, width,
+        static_cast<scalar_t>(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned);
+    // grad may be non-contiguous (e.g. expanded from a sum): read it through its strides
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const int64_t sr = grad.stride(0), sc = grad.stride(1), sh = grad.stride(2), sw = grad.stride(3);
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    const int64_t plane = height * width;
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        for (size_t r = 0; r < samples.size(); ++r) {
+          const RoISamples<scalar_t>& s = samples[r];
+          backward_plane(
+              s, g + r * sr + c * sc, sh, sw, width, pooled_height, pooled_width,
+              gi + (s.bins.batch * channels + c) * plane);
+        }
+      }
+    });
+  });
+  return grad_input;
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(instseg, CPU, m) {
+  m.impl("roi_align", &roi_align_forward_cpu);
+  m.impl("_roi_align_backward", &roi_align_backward_cpu);
+}
+
+} // namespace instseg
