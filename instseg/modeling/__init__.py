@@ -1,0 +1,3 @@
+from .roi_heads import InstSegROIHeads
+
+__all__ = ["InstSegROIHeads"]

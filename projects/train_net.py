@@ -1,0 +1,58 @@
+"""Train or evaluate any model of this project (Mask R-CNN, BlendMask, CenterMask, RefineMask).
+
+    python projects/train_net.py --config-file configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml
+    python projects/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    python projects/train_net.py --config-file ... --resume          # continue from last_checkpoint
+    python projects/train_net.py --config-file ... --num-gpus 2       # (CPU: 2 processes over gloo)
+    python projects/train_net.py --config-file ... --register-coco my_train ann.json images/ \\
+        DATASETS.TRAIN '("my_train",)' MODEL.ROI_HEADS.NUM_CLASSES 5
+
+Options after the flags are KEY VALUE config overrides, as in detectron2's tools/train_net.py.
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+from instseg.engine import Trainer, build_config, register_coco_datasets
+
+
+def main(args):
+    register_coco_datasets(args.register_coco or [])
+    cfg = build_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register-coco",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format instance dataset under NAME (repeatable)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

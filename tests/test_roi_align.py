@@ -1,0 +1,173 @@
+"""instseg's RoIAlign op against torchvision.ops.roi_align (an independent implementation), hand-computed
+values, float64 gradcheck, torch.library.opcheck, and its error messages."""
+import itertools
+
+import pytest
+import torch
+import torchvision
+
+from instseg.layers import ROIAlign, roi_align
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def random_rois(num, height, width, batch, dtype=torch.float32, seed=0, margin=0.0):
+    """Boxes in image coordinates of a (height, width) image; `margin` (a fraction of the image) lets
+    boxes reach outside it. Rows are (batch_index, x1, y1, x2, y2)."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.tensor([-margin * width, -margin * height])
+    span = torch.tensor([width, height]) * (1 + 2 * margin)
+    p1 = lo + torch.rand(num, 2, generator=g) * span
+    p2 = lo + torch.rand(num, 2, generator=g) * span
+    xy1, xy2 = torch.minimum(p1, p2), torch.maximum(p1, p2)
+    index = torch.randint(0, batch, (num, 1), generator=g).float()
+    return torch.cat([index, xy1, xy2], dim=1).to(dtype)
+
+
+def special_rois(height, width, dtype):
+    """Wholly outside, partly outside, zero-size and one-pixel boxes."""
+    return torch.tensor(
+        [
+            [0, -50.0, -40.0, -10.0, -5.0],  # wholly outside (top-left)
+            [1, width + 5.0, 2.0, width + 30.0, 9.0],  # wholly outside (right)
+            [0, -8.0, -8.0, 10.0, 12.0],  # partly outside
+            [1, width - 6.0, height - 4.0, width + 9.0, height + 20.0],  # partly outside
+            [0, 5.0, 5.0, 5.0, 5.0],  # zero-size
+            [1, 3.0, 7.0, 3.0, 15.0],  # zero width
+            [0, 2.0, 2.0, 3.0, 3.0],  # one pixel
+        ],
+        dtype=dtype,
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aligned,sampling_ratio", itertools.product([False, True], [0, 2]))
+def test_matches_torchvision(device, dtype, aligned, sampling_ratio):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 24, 36, generator=g, dtype=dtype).to(device)
+    rois = torch.cat(
+        [random_rois(40, 24 * 4, 36 * 4, 2, dtype, margin=0.2), special_rois(24 * 4, 36 * 4, dtype)]
+    ).to(device)
+    for output_size in [(7, 7), (5, 3)]:
+        args = (output_size, 0.25, sampling_ratio, aligned)
+        x1 = x.clone().requires_grad_(True)
+        x2 = x.clone().requires_grad_(True)
+        ours = roi_align(x1, rois, *args)
+        ref = torchvision.ops.roi_align(x2, rois, *args)
+        torch.testing.assert_close(ours, ref, atol=TOL[dtype], rtol=0)
+        grad_out = torch.randn(ours.shape, generator=g, dtype=dtype).to(device)
+        (g1,) = torch.autograd.grad(ours, x1, grad_out)
+        (g2,) = torch.autograd.grad(ref, x2, grad_out)
+        torch.testing.assert_close(g1, g2, atol=10 * TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_formats_and_box_lists(device):
+    x = torch.randn(2, 6, 20, 20, device=device)
+    rois = random_rois(30, 20, 20, 2).to(device)
+    ref = torchvision.ops.roi_align(x, rois, 4, 1.0, 2, True)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    non_contiguous = torch.randn(2, 20, 20, 6, device=device).permute(0, 3, 1, 2)
+    non_contiguous.copy_(x)
+    assert not non_contiguous.is_contiguous()
+    for inp in (channels_last, non_contiguous):
+        torch.testing.assert_close(roi_align(inp, rois, 4, 1.0, 2, True), ref, atol=1e-5, rtol=0)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    order = torch.cat([torch.nonzero(rois[:, 0] == i)[:, 0] for i in range(2)])
+    torch.testing.assert_close(roi_align(x, boxes, 4, 1.0, 2, True), ref[order], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_rois_and_empty_input(device):
+    x = torch.randn(2, 3, 10, 10, device=device, requires_grad=True)
+    out = roi_align(x, torch.zeros(0, 5, device=device), 7, 1.0, 2, True)
+    assert out.shape == (0, 3, 7, 7)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    empty_map = torch.randn(1, 3, 0, 10, device=device)
+    out = roi_align(empty_map, torch.tensor([[0, 1.0, 1.0, 4.0, 4.0]], device=device), 2, 1.0, 2, True)
+    assert out.shape == (1, 3, 2, 2) and torch.all(out == 0)
+
+
+def test_hand_computed_values():
+    # 4 x 4 map with value = 4 * y + x; bilinear interpolation of a linear map is exact, so each bin
+    # is the map's value at the bin centre: 4 * cy + cx (aligned: pixel centres at integer coords).
+    x = torch.arange(16, dtype=torch.float64).reshape(1, 1, 4, 4)
+    rois = torch.tensor([[0, 0.5, 0.5, 2.5, 2.5]], dtype=torch.float64)
+    out = roi_align(x, rois, 2, 1.0, 2, aligned=True)
+    # box (0,0)-(2,2) after the -0.5 shift, bins centred at 0.5 and 1.5
+    expected = torch.tensor([[4 * 0.5 + 0.5, 4 * 0.5 + 1.5], [4 * 1.5 + 0.5, 4 * 1.5 + 1.5]])
+    torch.testing.assert_close(out[0, 0], expected.double())
+    # a box wholly outside the map by more than one pixel pools to exactly zero
+    outside = torch.tensor([[0, 10.0, 10.0, 12.0, 12.0]], dtype=torch.float64)
+    assert torch.all(roi_align(x, outside, 2, 1.0, 2, aligned=True) == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, 2), (False, 0), (True, -1)])
+def test_gradcheck(device, seed, aligned, sampling_ratio):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 2, 8, 9, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    rois = torch.cat([random_rois(6, 8, 9, 2, torch.float64, seed, margin=0.3),
+                      special_rois(8, 9, torch.float64)]).to(device)
+
+    def fn(inp):
+        return roi_align(inp, rois, (3, 2), 1.0, sampling_ratio, aligned)
+
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_opcheck_schema_autograd_fake():
+    x = torch.randn(2, 3, 10, 12, requires_grad=True)
+    rois = random_rois(5, 10, 12, 2)
+    torch.library.opcheck(torch.ops.instseg.roi_align.default, (x, rois, 1.0, 3, 3, 2, True))
+
+
+def test_torch_compile_traces_the_op():
+    x = torch.randn(1, 4, 16, 16)
+    rois = random_rois(8, 16, 16, 1)
+    module = ROIAlign((4, 4), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    compiled = torch.compile(module, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, rois), module(x, rois))
+
+
+def test_module_casts_rois_to_input_dtype():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    rois = random_rois(3, 8, 8, 1, torch.float32)
+    out = ROIAlign(2, 1.0, 2)(x, rois)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois.double(), 2, 1.0, 2, True))
+
+
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda: (torch.randn(3, 10, 10), torch.zeros(1, 5)), "input must be \\(N, C, H, W\\)"),
+        (lambda: (torch.randn(1, 3, 10, 10), torch.zeros(1, 4)), "rois must be \\(K, 5\\)"),
+        (lambda: (torch.randn(1, 3, 10, 10), torch.zeros(1, 5, dtype=torch.float64)),
+         "rois must have the input's dtype"),
+        (lambda: (torch.ones(1, 3, 10, 10, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long)),
+         "input must be a floating-point tensor"),
+        (lambda: (torch.randn(1, 3, 10, 10), torch.tensor([[1.0, 0, 0, 2, 2]])),
+         "is not an image index in \\[0, 1\\)"),
+    ],
+)
+def test_clear_errors(make_args, message):
+    x, rois = make_args()
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.instseg.roi_align(x, rois, 1.0, 2, 2, 2, True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to mix devices")
+def test_error_on_mixed_devices():
+    x, rois = torch.randn(1, 1, 4, 4, device="cuda"), torch.zeros(1, 5)
+    with pytest.raises(RuntimeError, match="rois must be on the input's device"):
+        torch.ops.instseg.roi_align(x, rois, 1.0, 2, 2, 2, True)
+
+
+def test_error_on_non_positive_output_size():
+    with pytest.raises(RuntimeError, match="output size must be positive"):
+        roi_align(torch.randn(1, 1, 4, 4), torch.zeros(1, 5), (0, 2))

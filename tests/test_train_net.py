@@ -1,0 +1,89 @@
+"""End to end through the user entry points: train_net.py (train, checkpoint, --resume, --eval-only),
+DefaultPredictor on the saved checkpoint, and demo.py pictures. A few iterations at 128 px."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instseg.engine import build_config
+
+pytestmark = pytest.mark.slow
+
+SHAPES = "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml"
+TINY = [
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)",
+    "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+]
+
+
+def run(script, *args):
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("train"))
+    log = run("projects/train_net.py", "--config-file", SHAPES, *TINY, "OUTPUT_DIR", out)
+    return out, log
+
+
+def test_training_writes_model_zoo_checkpoints_and_evaluates(trained):
+    out, log = trained
+    assert "copypaste: Task: segm" in log and "copypaste: Task: bbox" in log
+    checkpoint = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert set(checkpoint) >= {"model", "iteration"}
+    assert any(k.startswith("roi_heads.mask_head.") for k in checkpoint["model"])
+    assert os.path.isfile(os.path.join(out, "model_0000001.pth"))  # CHECKPOINT_PERIOD 2
+    assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"
+
+
+def test_eval_only_from_checkpoint(trained):
+    out, _ = trained
+    log = run(
+        "projects/train_net.py", "--config-file", SHAPES, "--eval-only", *TINY,
+        "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", out + "/eval",
+    )
+    assert "Evaluation results for segm" in log
+
+
+def test_resume_continues_from_last_checkpoint(trained, tmp_path):
+    out, _ = trained
+    resumed = str(tmp_path / "resumed")
+    os.makedirs(resumed)
+    for name in ("model_0000001.pth", "last_checkpoint"):
+        src = os.path.join(out, name)
+        with open(src, "rb") as f, open(os.path.join(resumed, name), "wb") as g:
+            g.write(f.read() if name != "last_checkpoint" else b"model_0000001.pth")
+    log = run(
+        "projects/train_net.py", "--config-file", SHAPES, "--resume", *TINY, "OUTPUT_DIR", resumed,
+    )
+    assert "Starting training from iteration 2" in log
+    assert os.path.isfile(os.path.join(resumed, "model_final.pth"))
+
+
+def test_default_predictor_and_demo_pictures(trained, tmp_path):
+    from detectron2.data.detection_utils import read_image
+    from detectron2.engine import DefaultPredictor
+
+    out, _ = trained
+    weights = os.path.join(out, "model_final.pth")
+    cfg = build_config(SHAPES, TINY + ["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    image = read_image("datasets/shapes/val/00000.png", format="BGR")
+    instances = DefaultPredictor(cfg)(image)["instances"]
+    assert instances.image_size == image.shape[:2]
+    assert len(instances) > 0 and instances.pred_masks.shape[1:] == image.shape[:2]
+
+    pictures = tmp_path / "pictures"
+    run(
+        "projects/demo.py", "--config-file", SHAPES, "--input", "datasets/shapes/val", "--max-images", "3",
+        "--output", str(pictures), "--opts", *TINY, "MODEL.WEIGHTS", weights,
+    )
+    assert sorted(os.listdir(pictures)) == ["00000.jpg", "00001.jpg", "00002.jpg"]
