@@ -14,12 +14,12 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # Re-runs only when what it installs from changes; every step is itself idempotent.
-$(STAMP): requirements.txt setup.py third_party/detectron2/install.py \
+$(STAMP): Makefile requirements.txt setup.py third_party/detectron2/install.py \
 		third_party/detectron2/pb1-detectron2-0.6.patch $(shell find csrc -type f)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) third_party/detectron2/install.py
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	touch $@
 
 demo: install

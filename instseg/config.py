@@ -13,6 +13,43 @@ def add_instseg_config(cfg: CN) -> None:
     cfg.MODEL.ROI_ALIGN_IMPL = "instseg"
     # detectron2 defaults to "cuda"; fall back to the CPU on machines without a GPU.
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    _add_fcos_config(cfg)
+
+
+def _add_fcos_config(cfg: CN) -> None:
+    """FCOS, the detector of BlendMask and CenterMask; key names and defaults as in AdelaiDet.
+    The number of classes is MODEL.ROI_HEADS.NUM_CLASSES, as for every model of this project."""
+    cfg.MODEL.FCOS = CN()
+    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    cfg.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]
+    # P6/P7 levels the FPN backbone adds on top of P5 (0, 1 or 2)
+    cfg.MODEL.FCOS.TOP_LEVELS = 2
+    # boundaries between the levels' ranges of max(l, t, r, b): [64, 128, ...] -> [0, 64], [64, 128], ...
+    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # positives lie within POS_RADIUS strides of the box centre (centre sampling)
+    cfg.MODEL.FCOS.CENTER_SAMPLE = True
+    cfg.MODEL.FCOS.POS_RADIUS = 1.5
+    # head: tower depths (the share tower feeds the other two), norm ("GN", "BN", "SyncBN", "")
+    cfg.MODEL.FCOS.NUM_CLS_CONVS = 4
+    cfg.MODEL.FCOS.NUM_BOX_CONVS = 4
+    cfg.MODEL.FCOS.NUM_SHARE_CONVS = 0
+    cfg.MODEL.FCOS.NORM = "GN"
+    cfg.MODEL.FCOS.USE_SCALE = True  # a learnable regression scale per level
+    cfg.MODEL.FCOS.PRIOR_PROB = 0.01  # initial foreground probability of the classifier
+    # focal loss of the classifier
+    cfg.MODEL.FCOS.LOSS_ALPHA = 0.25
+    cfg.MODEL.FCOS.LOSS_GAMMA = 2.0
+    # detection: score threshold (on class score x centerness when THRESH_WITH_CTR), top-k per level
+    # before NMS, class-aware NMS, top-k per image after NMS; *_TRAIN values make the proposals of
+    # the mask branch during training
+    cfg.MODEL.FCOS.THRESH_WITH_CTR = False
+    cfg.MODEL.FCOS.INFERENCE_TH_TRAIN = 0.05
+    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.05
+    cfg.MODEL.FCOS.PRE_NMS_TOPK_TRAIN = 1000
+    cfg.MODEL.FCOS.PRE_NMS_TOPK_TEST = 1000
+    cfg.MODEL.FCOS.NMS_TH = 0.6
+    cfg.MODEL.FCOS.POST_NMS_TOPK_TRAIN = 100
+    cfg.MODEL.FCOS.POST_NMS_TOPK_TEST = 100
 
 
 def check_config(cfg: CN) -> None:

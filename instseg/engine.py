@@ -21,11 +21,13 @@ def get_project_cfg() -> CfgNode:
 
     Importing the method packages also registers their models in detectron2's registries.
     """
+    import centermask
     import instseg.data  # noqa: F401  (registers the embedded dataset)
-    import instseg.modeling  # noqa: F401  (registers the shared RoI heads)
+    import instseg.modeling  # noqa: F401  (registers FCOS, its backbones, the shared RoI heads)
 
     cfg = get_cfg()
     add_instseg_config(cfg)
+    centermask.add_centermask_config(cfg)
     return cfg
 
 

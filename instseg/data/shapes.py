@@ -20,7 +20,7 @@ from pycocotools import mask as mask_util
 CLASSES = ["ellipse", "triangle", "rectangle"]
 SPLITS = {"train": (400, 0), "val": (50, 1_000_000)}  # split -> (number of images, seed offset)
 IMAGE_SIZE = 256
-VERSION = "shapes-v1"  # bump when the generator's output changes
+VERSION = "shapes-v2"  # bump when the generator's output changes
 
 
 def _shape_polygon(rng: np.random.RandomState, category: str, cx: float, cy: float, size: float):
@@ -72,7 +72,7 @@ def render_scene(seed: int):
     for category, mask in reversed(shapes):
         vis = mask & ~covered
         covered |= mask
-        if vis.sum() >= max(30, 0.3 * mask.sum()):  # drop shapes that are mostly hidden
+        if vis.sum() >= max(30, 0.6 * mask.sum()):  # drop shapes too hidden to recognise
             visible.append((category, vis))
     return np.array(image), visible[::-1]
 

@@ -1,4 +1,4 @@
-from .poolers import use_instseg_roi_align
+from .poolers import ROIPooler, assign_boxes_by_image_ratio, use_instseg_roi_align
 from .roi_align import ROIAlign, roi_align
 
-__all__ = ["ROIAlign", "roi_align", "use_instseg_roi_align"]
+__all__ = ["ROIAlign", "ROIPooler", "assign_boxes_by_image_ratio", "roi_align", "use_instseg_roi_align"]

@@ -1,3 +1,13 @@
+from .backbone import build_fcos_fpn, build_fcos_resnet_fpn_backbone
+from .fcos import FCOS, FCOSHead, FCOSPositives, FCOSPredictions
 from .roi_heads import InstSegROIHeads
 
-__all__ = ["InstSegROIHeads"]
+__all__ = [
+    "FCOS",
+    "FCOSHead",
+    "FCOSPositives",
+    "FCOSPredictions",
+    "InstSegROIHeads",
+    "build_fcos_fpn",
+    "build_fcos_resnet_fpn_backbone",
+]

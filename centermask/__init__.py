@@ -1,0 +1,24 @@
+"""CenterMask and CenterMask-Lite (Lee & Park, CVPR 2020) as detectron2 plugins.
+
+Importing this package registers the VoVNet backbones, the SAG mask head, the MaskIoU head and
+CenterROIHeads; the detector is the shared FCOS (instseg.modeling.fcos) inside GeneralizedRCNN.
+"""
+from .config import add_centermask_config
+from .maskiou_head import ROI_MASKIOU_HEAD_REGISTRY, MaskIoUHead, maskiou_targets
+from .roi_heads import CenterROIHeads
+from .sag_mask_head import SpatialAttention, SpatialAttentionMaskHead
+from .vovnet import VOVNET_SPECS, VoVNet, build_fcos_vovnet_fpn_backbone, build_vovnet_backbone
+
+__all__ = [
+    "CenterROIHeads",
+    "MaskIoUHead",
+    "ROI_MASKIOU_HEAD_REGISTRY",
+    "SpatialAttention",
+    "SpatialAttentionMaskHead",
+    "VOVNET_SPECS",
+    "VoVNet",
+    "add_centermask_config",
+    "build_fcos_vovnet_fpn_backbone",
+    "build_vovnet_backbone",
+    "maskiou_targets",
+]

@@ -1,0 +1,148 @@
+"""MaskIoU head (Mask Scoring R-CNN, as used by CenterMask): predicts the IoU of each predicted mask
+with its ground truth, so that at test time a detection's score becomes score x predicted mask IoU.
+
+Parameter names follow centermask2 (``maskiou_fcn1..N``, ``maskiou_fc1``, ``maskiou_fc2``, ``maskiou``).
+Shape legend: M RoIs, C feature channels, S the RoI resolution (14), K classes.
+"""
+from typing import List
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.structures import BitMasks, Instances, PolygonMasks
+from detectron2.utils.registry import Registry
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+ROI_MASKIOU_HEAD_REGISTRY = Registry("ROI_MASKIOU_HEAD")
+ROI_MASKIOU_HEAD_REGISTRY.__doc__ = "Heads that predict the IoU of RoI masks with their ground truth."
+
+
+def build_maskiou_head(cfg, input_shape: ShapeSpec) -> nn.Module:
+    return ROI_MASKIOU_HEAD_REGISTRY.get(cfg.MODEL.ROI_MASKIOU_HEAD.NAME)(cfg, input_shape)
+
+
+def _mask_areas(gt_masks) -> Tensor:
+    """Area in pixels of each full ground-truth mask."""
+    if isinstance(gt_masks, BitMasks):
+        return gt_masks.tensor.flatten(1).sum(dim=1).float()
+    if isinstance(gt_masks, PolygonMasks):
+        return gt_masks.area().float()
+    raise TypeError(f"MaskIoU targets need BitMasks or PolygonMasks, got {type(gt_masks).__name__}")
+
+
+@torch.no_grad()
+def maskiou_targets(mask_logits: Tensor, instances: List[Instances]) -> Tensor:
+    """IoU of each binarised predicted mask with its full ground-truth mask.
+
+    Args:
+        mask_logits: (M, R, R) logits of the ground-truth class, R = 28, for the foreground
+            proposals of `instances` (fields proposal_boxes, gt_masks), in order.
+
+    Returns:
+        (M,) IoU in [0, 1]. The prediction only covers the proposal box, but the union counts the
+        ground truth's pixels outside it too (its whole area, rescaled to the R x R grid).
+    """
+    resolution = mask_logits.shape[-1]
+    gt_crops, gt_areas = [], []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        boxes = inst.proposal_boxes.tensor
+        gt_crops.append(inst.gt_masks.crop_and_resize(boxes, resolution).to(mask_logits.device))
+        box_areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0)
+        gt_areas.append(_mask_areas(inst.gt_masks).to(mask_logits.device) * resolution**2 / box_areas)
+    if not gt_crops:
+        return mask_logits.new_zeros((0,))
+    gt = cat(gt_crops).float()
+    pred = (mask_logits > 0).float()
+    overlap = (pred * gt).flatten(1).sum(dim=1)
+    union = pred.flatten(1).sum(dim=1) + torch.maximum(cat(gt_areas), gt.flatten(1).sum(dim=1)) - overlap
+    return overlap / union.clamp(min=1.0)
+
+
+@ROI_MASKIOU_HEAD_REGISTRY.register()
+class MaskIoUHead(nn.Module):
+    @configurable
+    def __init__(self, *, in_channels: int, resolution: int, num_classes: int, conv_dim: int, num_conv: int, loss_weight: float):
+        """
+        Args:
+            in_channels: C + 1: RoI features concatenated with the max-pooled mask probabilities.
+            resolution: S, the RoI feature size; the last conv halves it.
+            num_classes: K, one IoU per class.
+            conv_dim, num_conv: width and depth of the conv tower.
+            loss_weight: weight of the L2 loss.
+        """
+        super().__init__()
+        self.loss_weight = loss_weight
+        self.convs = []
+        channels = in_channels
+        for k in range(num_conv):
+            stride = 2 if k == num_conv - 1 else 1
+            conv = Conv2d(channels, conv_dim, 3, stride=stride, padding=1, activation=nn.ReLU())
+            self.add_module(f"maskiou_fcn{k + 1}", conv)
+            self.convs.append(conv)
+            channels = conv_dim
+        self.maskiou_fc1 = nn.Linear(conv_dim * (resolution // 2) ** 2, 1024)
+        self.maskiou_fc2 = nn.Linear(1024, 1024)
+        self.maskiou = nn.Linear(1024, num_classes)
+        for layer in self.convs + [self.maskiou_fc1, self.maskiou_fc2]:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(layer.bias, 0)
+        nn.init.normal_(self.maskiou.weight, std=0.01)
+        nn.init.constant_(self.maskiou.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        return {
+            "in_channels": input_shape.channels + 1,
+            "resolution": input_shape.height,
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "conv_dim": cfg.MODEL.ROI_MASKIOU_HEAD.CONV_DIM,
+            "num_conv": cfg.MODEL.ROI_MASKIOU_HEAD.NUM_CONV,
+            "loss_weight": cfg.MODEL.MASKIOU_LOSS_WEIGHT,
+        }
+
+    def forward(self, features: Tensor, mask_probs: Tensor) -> Tensor:
+        """
+        Args:
+            features: (M, C, S, S) RoI features (the mask head's input).
+            mask_probs: (M, 1, 2S, 2S) predicted mask probabilities of one class per RoI.
+
+        Returns:
+            (M, K) predicted IoU per class.
+        """
+        x = cat([features, F.max_pool2d(mask_probs, kernel_size=2, stride=2)], dim=1)
+        for conv in self.convs:
+            x = conv(x)
+        x = F.relu(self.maskiou_fc1(x.flatten(1)))
+        x = F.relu(self.maskiou_fc2(x))
+        return self.maskiou(x)
+
+    def losses(self, features: Tensor, mask_logits: Tensor, instances: List[Instances]) -> dict:
+        """L2 loss on the ground-truth class, over RoIs whose target IoU is positive.
+
+        Args:
+            features: (M, C, S, S); mask_logits: (M, K, 2S, 2S); instances: the foreground proposals.
+        """
+        classes = cat([x.gt_classes for x in instances]) if instances else mask_logits.new_zeros((0,), dtype=torch.long)
+        index = torch.arange(len(classes), device=mask_logits.device)
+        logits = mask_logits[index, classes]
+        pred = self(features, logits.sigmoid().unsqueeze(1).detach())[index, classes]
+        targets = maskiou_targets(logits.detach(), instances)
+        keep = targets > 0
+        if not keep.any():
+            return {"loss_maskiou": pred.sum() * 0}
+        loss = 0.5 * F.mse_loss(pred[keep], targets[keep], reduction="mean")
+        return {"loss_maskiou": loss * self.loss_weight}
+
+    def rescore(self, features: Tensor, instances: List[Instances]) -> None:
+        """Test time: multiply each detection's score by its predicted mask IoU (pred_masks must hold
+        the 2S x 2S mask probabilities of the predicted class)."""
+        if sum(len(x) for x in instances) == 0:
+            return
+        classes = cat([x.pred_classes for x in instances])
+        index = torch.arange(len(classes), device=features.device)
+        ious = self(features, cat([x.pred_masks for x in instances]))[index, classes]
+        for inst, iou in zip(instances, ious.split([len(x) for x in instances])):
+            inst.scores = inst.scores * iou.clamp(0, 1)

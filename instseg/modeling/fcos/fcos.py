@@ -1,0 +1,276 @@
+"""FCOS (Tian et al., ICCV 2019), the anchor-free one-stage detector under BlendMask and CenterMask.
+
+Registered as a detectron2 proposal generator named "FCOS". Through ``forward`` it serves
+GeneralizedRCNN (CenterMask: its detections are the RoI heads' proposals); BlendMask calls the
+steps (``predict``, ``losses``, ``detect``) itself to get per-location attentions and positives.
+
+Shape legend: N images, L locations of an image over all levels, K classes, D top-module channels,
+P positive locations in the batch.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, batched_nms, cat
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils import comm
+from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .head import FCOSHead
+from .targets import assign_locations, centerness_targets, compute_locations, size_ranges
+
+
+@dataclass
+class FCOSPredictions:
+    """Head outputs of a batch, flattened over levels in the order (level, y, x)."""
+
+    logits: Tensor  # (N, L, K)
+    box_reg: Tensor  # (N, L, 4) distances (l, t, r, b) in strides
+    ctrness: Tensor  # (N, L)
+    top_feats: Optional[Tensor]  # (N, L, D) or None
+    locations: Tensor  # (L, 2) image coordinates (x, y)
+    strides: Tensor  # (L,)
+    levels: Tensor  # (L,) level index
+    ranges: Tensor  # (L, 2) size range of the location's level
+
+
+@dataclass
+class FCOSPositives:
+    """The positive locations of a batch and what the mask branches need of them."""
+
+    image_inds: Tensor  # (P,) image of each positive
+    gt_inds: Tensor  # (P,) index of its ground-truth box within its image
+    ctrness_targets: Tensor  # (P,) centerness targets (BlendMask weights its mask loss with them)
+    top_feats: Optional[Tensor]  # (P, D)
+    loss_denorm: Tensor  # () the normalizer of the box loss, averaged over processes
+
+
+def _reduce_mean(x: Tensor) -> Tensor:
+    """Mean over the processes of a distributed run (the value itself in a single process)."""
+    if comm.get_world_size() > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        x = x / comm.get_world_size()
+    return x
+
+
+def _flatten(per_level: List[Tensor]) -> Tensor:
+    """Per level (N, C, Hl, Wl) -> (N, L, C)."""
+    return cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level], dim=1)
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class FCOS(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_features: List[str],
+        strides: List[int],
+        head: FCOSHead,
+        num_classes: int,
+        sizes_of_interest: List[int],
+        center_sample_radius: float,
+        focal_loss_alpha: float,
+        focal_loss_gamma: float,
+        thresh_with_ctr: bool,
+        score_thresh: Dict[bool, float],
+        pre_nms_topk: Dict[bool, int],
+        post_nms_topk: Dict[bool, int],
+        nms_thresh: float,
+    ):
+        """
+        Args:
+            in_features: FPN levels to run on, e.g. ["p3", ..., "p7"].
+            strides: their strides.
+            head: the FCOSHead.
+            num_classes: K.
+            sizes_of_interest: boundaries between the levels' size ranges (len(in_features) - 1).
+            center_sample_radius: positives lie within this many strides of a box centre (<= 0: anywhere
+                in the box).
+            focal_loss_alpha, focal_loss_gamma: classification focal loss.
+            thresh_with_ctr: apply the score threshold to class score x centerness (else class score).
+            score_thresh, pre_nms_topk, post_nms_topk: keyed by training mode (True/False).
+            nms_thresh: IoU threshold of the class-aware NMS.
+        """
+        super().__init__()
+        self.in_features = in_features
+        self.fcos_head = head  # the name AdelaiDet and centermask2 checkpoints use
+        self.num_classes = num_classes
+        self.strides = strides
+        self.ranges = size_ranges(sizes_of_interest, len(in_features))
+        self.center_sample_radius = center_sample_radius
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.thresh_with_ctr = thresh_with_ctr
+        self.score_thresh = score_thresh
+        self.pre_nms_topk = pre_nms_topk
+        self.post_nms_topk = post_nms_topk
+        self.nms_thresh = nms_thresh
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        fcos = cfg.MODEL.FCOS
+        missing = [f for f in fcos.IN_FEATURES if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {sorted(input_shape)}"
+            )
+        if len(fcos.FPN_STRIDES) != len(fcos.IN_FEATURES):
+            raise ValueError("MODEL.FCOS.FPN_STRIDES needs one stride per MODEL.FCOS.IN_FEATURES")
+        shapes = [input_shape[f] for f in fcos.IN_FEATURES]
+        return {
+            "in_features": list(fcos.IN_FEATURES),
+            "strides": list(fcos.FPN_STRIDES),
+            "head": FCOSHead(cfg, shapes),
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "sizes_of_interest": list(fcos.SIZES_OF_INTEREST),
+            "center_sample_radius": fcos.POS_RADIUS if fcos.CENTER_SAMPLE else 0.0,
+            "focal_loss_alpha": fcos.LOSS_ALPHA,
+            "focal_loss_gamma": fcos.LOSS_GAMMA,
+            "thresh_with_ctr": fcos.THRESH_WITH_CTR,
+            "score_thresh": {True: fcos.INFERENCE_TH_TRAIN, False: fcos.INFERENCE_TH_TEST},
+            "pre_nms_topk": {True: fcos.PRE_NMS_TOPK_TRAIN, False: fcos.PRE_NMS_TOPK_TEST},
+            "post_nms_topk": {True: fcos.POST_NMS_TOPK_TRAIN, False: fcos.POST_NMS_TOPK_TEST},
+            "nms_thresh": fcos.NMS_TH,
+        }
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+    ):
+        """detectron2's proposal-generator interface.
+
+        Returns:
+            proposals: per image, the detections after NMS. In training they are proposals for RoI
+                heads (fields proposal_boxes, objectness_logits); at test time final detections
+                (pred_boxes, scores, pred_classes).
+            losses: the FCOS losses in training, else {}.
+        """
+        predictions = self.predict(features)
+        detections = self.detect(predictions, images.image_sizes)
+        if not self.training:
+            return detections, {}
+        losses, _ = self.losses(predictions, gt_instances)
+        proposals = []
+        for det in detections:
+            proposal = Instances(det.image_size)
+            proposal.proposal_boxes = det.pred_boxes
+            proposal.objectness_logits = torch.logit(det.scores, eps=1e-6)
+            proposals.append(proposal)
+        return proposals, losses
+
+    def predict(self, features: Dict[str, Tensor], top_module: Optional[nn.Module] = None) -> FCOSPredictions:
+        """Run the head on the FPN levels; `top_module` as in FCOSHead.forward."""
+        feats = [features[f] for f in self.in_features]
+        logits, box_reg, ctrness, top_feats = self.fcos_head(feats, top_module)
+        locations, strides, levels, ranges = [], [], [], []
+        for level, (x, stride) in enumerate(zip(feats, self.strides)):
+            loc = compute_locations(x.shape[2], x.shape[3], stride, x.device)
+            locations.append(loc)
+            strides.append(torch.full((len(loc),), float(stride), device=x.device))
+            levels.append(torch.full((len(loc),), level, dtype=torch.int64, device=x.device))
+            ranges.append(loc.new_tensor(self.ranges[level]).expand(len(loc), 2))
+        return FCOSPredictions(
+            logits=_flatten(logits),
+            box_reg=_flatten(box_reg),
+            ctrness=_flatten(ctrness).squeeze(2),
+            top_feats=_flatten(top_feats) if top_feats else None,
+            locations=cat(locations),
+            strides=cat(strides),
+            levels=cat(levels),
+            ranges=cat(ranges),
+        )
+
+    def losses(self, pred: FCOSPredictions, gt_instances: List[Instances]):
+        """Focal classification, centerness-weighted GIoU box and centerness BCE losses.
+
+        Returns:
+            losses: {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}.
+            positives: FCOSPositives of the batch.
+        """
+        targets = [
+            assign_locations(
+                pred.locations, pred.strides, pred.ranges, gt.gt_boxes.tensor, gt.gt_classes,
+                self.num_classes, self.center_sample_radius,
+            )
+            for gt in gt_instances
+        ]
+        labels = torch.stack([t.labels for t in targets])  # (N, L)
+        pos_image, pos_loc = torch.nonzero(labels != self.num_classes, as_tuple=True)
+        num_pos_avg = _reduce_mean(pos_image.new_tensor(float(len(pos_image)), dtype=torch.float32)).clamp(min=1.0)
+
+        one_hot = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(pred.logits.dtype)
+        loss_cls = sigmoid_focal_loss_jit(
+            pred.logits, one_hot, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+        ) / num_pos_avg
+
+        reg_targets = torch.stack([t.reg for t in targets])[pos_image, pos_loc]
+        ctr_targets = centerness_targets(reg_targets)
+        loss_denorm = _reduce_mean(ctr_targets.sum().detach()).clamp(min=1e-6)
+        reg_pred = pred.box_reg[pos_image, pos_loc]
+        ctr_pred = pred.ctrness[pos_image, pos_loc]
+        if len(pos_image) > 0:
+            as_boxes = lambda d: torch.stack([-d[:, 0], -d[:, 1], d[:, 2], d[:, 3]], dim=1)  # noqa: E731
+            giou = giou_loss(as_boxes(reg_pred), as_boxes(reg_targets), reduction="none")
+            loss_loc = (giou * ctr_targets).sum() / loss_denorm
+            loss_ctr = F.binary_cross_entropy_with_logits(ctr_pred, ctr_targets, reduction="sum") / num_pos_avg
+        else:  # keep the graph connected so that every process runs the same backward
+            loss_loc = reg_pred.sum() * 0
+            loss_ctr = ctr_pred.sum() * 0
+        gt_inds = torch.stack([t.gt_inds for t in targets])[pos_image, pos_loc]
+        positives = FCOSPositives(
+            image_inds=pos_image,
+            gt_inds=gt_inds,
+            ctrness_targets=ctr_targets,
+            top_feats=pred.top_feats[pos_image, pos_loc] if pred.top_feats is not None else None,
+            loss_denorm=loss_denorm,
+        )
+        return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, positives
+
+    def detect(self, pred: FCOSPredictions, image_sizes) -> List[Instances]:
+        """Decode, threshold, keep the top-k per level, class-aware NMS, keep the top-k per image.
+
+        Returns per image Instances with pred_boxes, scores (sqrt(class score x centerness)),
+        pred_classes, locations, fpn_levels and, with a top module, top_feat (D,).
+        """
+        training = self.training
+        results = []
+        for i, image_size in enumerate(image_sizes):
+            cls_scores = pred.logits[i].detach().sigmoid()
+            ctr = pred.ctrness[i].detach().sigmoid()
+            candidate_scores = cls_scores * ctr[:, None] if self.thresh_with_ctr else cls_scores
+            keep_loc, keep_cls, keep_score = [], [], []
+            for level in range(len(self.strides)):
+                (idx,) = torch.nonzero(pred.levels == level, as_tuple=True)
+                scores = candidate_scores[idx]
+                loc, cls = torch.nonzero(scores > self.score_thresh[training], as_tuple=True)
+                flat = scores[loc, cls]
+                if len(flat) > self.pre_nms_topk[training]:
+                    flat, top = flat.topk(self.pre_nms_topk[training])
+                    loc, cls = loc[top], cls[top]
+                keep_loc.append(idx[loc])
+                keep_cls.append(cls)
+            loc, cls = cat(keep_loc), cat(keep_cls)
+            scores = torch.sqrt(cls_scores[loc, cls] * ctr[loc])
+            reg = pred.box_reg[i, loc].detach() * pred.strides[loc, None]
+            xy = pred.locations[loc]
+            boxes = Boxes(torch.stack([xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2], xy[:, 1] + reg[:, 3]], dim=1))
+            boxes.clip(image_size)
+            keep = batched_nms(boxes.tensor, scores, cls, self.nms_thresh)[: self.post_nms_topk[training]]
+            result = Instances(image_size)
+            result.pred_boxes = boxes[keep]
+            result.scores = scores[keep]
+            result.pred_classes = cls[keep]
+            result.locations = xy[keep]
+            result.fpn_levels = pred.levels[loc][keep]
+            if pred.top_feats is not None:
+                result.top_feat = pred.top_feats[i, loc[keep]]
+            results.append(result)
+        return results

@@ -1,0 +1,143 @@
+"""FCOS, shared by BlendMask and CenterMask: locations, target assignment on hand-made boxes,
+centerness, losses, decoding and NMS, and AdelaiDet/centermask2 parameter names."""
+import math
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
+
+from instseg.engine import get_project_cfg
+from instseg.modeling.fcos import FCOS, FCOSPredictions
+from instseg.modeling.fcos.targets import INF, assign_locations, centerness_targets, compute_locations
+
+
+def test_compute_locations_are_cell_centres():
+    loc = compute_locations(2, 3, 8, "cpu")
+    expected = torch.tensor([[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]], dtype=torch.float32)
+    assert torch.equal(loc, expected)
+
+
+def _assign(locations, strides, ranges, boxes, classes, radius=1.5):
+    return assign_locations(
+        torch.tensor(locations, dtype=torch.float32),
+        torch.tensor(strides, dtype=torch.float32),
+        torch.tensor(ranges, dtype=torch.float32),
+        torch.tensor(boxes, dtype=torch.float32),
+        torch.tensor(classes),
+        num_classes=3,
+        center_radius=radius,
+    )
+
+
+def test_assignment_centre_sampling_and_regression_targets():
+    box = [[0.0, 0.0, 40.0, 40.0]]  # centre (20, 20); radius 1.5 * stride 8 = 12 -> centre region [8, 32]
+    t = _assign([[20, 20], [12, 28], [4, 4], [36, 20]], [8] * 4, [[-1, 64]] * 4, box, [2])
+    assert t.labels.tolist() == [2, 2, 3, 3]  # (4, 4) and (36, 20) are in the box but outside the centre region
+    assert t.gt_inds.tolist() == [0, 0, -1, -1]
+    assert torch.allclose(t.reg[0], torch.tensor([20.0, 20.0, 20.0, 20.0]) / 8)
+    assert torch.allclose(t.reg[1], torch.tensor([12.0, 28.0, 28.0, 12.0]) / 8)
+    # without centre sampling, anywhere inside the box is positive
+    assert _assign([[4, 4], [36, 20]], [8, 8], [[-1, 64]] * 2, box, [2], radius=0).labels.tolist() == [2, 2]
+
+
+def test_assignment_size_ranges_and_smallest_box_wins():
+    boxes = [[0.0, 0.0, 100.0, 100.0], [40.0, 40.0, 60.0, 60.0]]  # large (max dist 50) and small (10)
+    loc = [[50, 50], [50, 50], [50, 50]]
+    ranges = [[-1, 8], [8, 32], [32, INF]]
+    t = _assign(loc, [8, 16, 32], ranges, boxes, [0, 1], radius=10)
+    # level 0 range [-1, 8]: neither; level 1 [8, 32]: small box (max dist 10); level 2: large box (50)
+    assert t.labels.tolist() == [3, 1, 0]
+    both = _assign([[50, 50]], [8], [[-1, INF]], boxes, [0, 1], radius=10)
+    assert both.labels.tolist() == [1] and both.gt_inds.tolist() == [1], "smaller box wins"
+
+
+def test_assignment_without_boxes():
+    t = _assign([[4, 4]], [8], [[-1, 64]], torch.zeros(0, 4).tolist(), [])
+    assert t.labels.tolist() == [3] and t.gt_inds.tolist() == [-1]
+
+
+def test_centerness_targets():
+    reg = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 2.0], [0.0, 1.0, 1.0, 1.0]])
+    expected = torch.tensor([1.0, math.sqrt(1 / 3), 0.0])
+    assert torch.allclose(centerness_targets(reg), expected)
+
+
+def build_fcos(**overrides):
+    cfg = get_project_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [32, 64, 128, 256]
+    for key, value in overrides.items():
+        setattr(cfg.MODEL.FCOS, key, value)
+    shapes = {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(3, 8)}
+    return FCOS(cfg, shapes)
+
+
+def test_parameter_names_match_adelaidet_checkpoints():
+    keys = {k: v.shape for k, v in build_fcos().state_dict().items()}
+    assert keys["fcos_head.cls_tower.0.weight"] == (32, 32, 3, 3)
+    assert keys["fcos_head.cls_tower.1.weight"] == (32,)  # GroupNorm
+    assert "fcos_head.bbox_tower.9.bias" in keys and "fcos_head.cls_tower.12.weight" not in keys
+    assert keys["fcos_head.cls_logits.weight"] == (3, 32, 3, 3)
+    assert keys["fcos_head.bbox_pred.weight"] == (4, 32, 3, 3)
+    assert keys["fcos_head.ctrness.weight"] == (1, 32, 3, 3)
+    assert keys["fcos_head.scales.4.scale"] == (1,)
+    shared = {k for k in build_fcos(NUM_SHARE_CONVS=3, NUM_CLS_CONVS=0, NUM_BOX_CONVS=0, USE_SCALE=False).state_dict()}
+    assert "fcos_head.share_tower.6.weight" in shared
+    assert not any(".scales." in k or ".cls_tower." in k for k in shared)
+    bn = {k for k in build_fcos(NORM="BN").state_dict()}
+    assert "fcos_head.cls_tower.1.4.running_mean" in bn  # one BatchNorm per level
+
+
+def _features(fcos, size=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {f"p{i}": torch.randn(2, 32, size // 2**i, size // 2**i, generator=g) for i in range(3, 8)}
+
+
+def test_losses_are_finite_and_trainable():
+    fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
+    gt = []
+    for boxes, classes in (([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 60.0, 62.0]], [0, 2]), ([], [])):
+        inst = Instances((64, 64))
+        inst.gt_boxes = Boxes(torch.tensor(boxes).reshape(-1, 4))
+        inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        gt.append(inst)
+    feats = _features(fcos)
+    opt = torch.optim.SGD(fcos.parameters(), lr=0.05)
+    history = []
+    for _ in range(15):
+        losses, positives = fcos.losses(fcos.predict(feats), gt)
+        total = sum(losses.values())
+        assert all(torch.isfinite(v) for v in losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        history.append(total.item())
+    assert positives.image_inds.tolist() == [0] * len(positives.image_inds) and len(positives.gt_inds) > 0
+    assert set(positives.gt_inds.tolist()) == {0, 1}
+    assert history[-1] < history[0] * 0.7
+
+
+def test_detect_decodes_thresholds_and_nms():
+    fcos = build_fcos().eval()
+    locations = torch.tensor([[20.0, 20.0], [22.0, 20.0], [100.0, 100.0]])
+    logits = torch.full((1, 3, 3), -10.0)
+    logits[0, 0, 1] = 3.0  # class 1 at location 0
+    logits[0, 1, 1] = 2.0  # a near-duplicate of it: suppressed by NMS
+    logits[0, 2, 0] = 1.0  # class 0 elsewhere
+    pred = FCOSPredictions(
+        logits=logits,
+        box_reg=torch.tensor([[[1.0, 1.0, 2.0, 2.0], [1.25, 1.0, 1.75, 2.0], [0.5, 0.5, 0.5, 0.5]]]),
+        ctrness=torch.zeros(1, 3),
+        top_feats=torch.arange(6.0).reshape(1, 3, 2),
+        locations=locations,
+        strides=torch.tensor([8.0, 8.0, 16.0]),
+        levels=torch.tensor([0, 0, 1]),
+        ranges=torch.tensor([[-1, 32], [-1, 32], [32, 64]]),
+    )
+    (det,) = fcos.detect(pred, [(128, 128)])
+    assert det.pred_classes.tolist() == [1, 0]
+    assert torch.allclose(det.pred_boxes.tensor[0], torch.tensor([12.0, 12.0, 36.0, 36.0]))
+    assert torch.allclose(det.pred_boxes.tensor[1], torch.tensor([92.0, 92.0, 108.0, 108.0]))
+    assert torch.allclose(det.scores[0], torch.sqrt(torch.sigmoid(torch.tensor(3.0)) * 0.5))
+    assert det.top_feat.tolist() == [[0.0, 1.0], [4.0, 5.0]]
