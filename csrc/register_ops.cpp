@@ -1,6 +1,6 @@
 // The schema of every op of the instseg extension. Kernels register per device next to their code
-// (roi_align/roi_align_cpu.cpp, roi_align/roi_align_cuda.cu, ...); autograd formulas and fake
-// (meta) kernels are registered from Python in instseg/layers/ops.py.
+// (roi_align/, blender/); autograd formulas and fake (meta) kernels are registered from Python in
+// instseg/layers/roi_align.py and instseg/layers/blend.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -12,6 +12,12 @@ TORCH_LIBRARY(instseg, m) {
       "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
       "int pooled_width, int batch_size, int channels, int height, int width, "
       "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "blend(Tensor bases, Tensor rois, Tensor attns, float spatial_scale, int output_size, "
+      "int sampling_ratio, bool aligned, bool bilinear) -> Tensor");
+  m.def(
+      "_blend_backward(Tensor grad, Tensor bases, Tensor rois, Tensor attns, float spatial_scale, "
+      "int output_size, int sampling_ratio, bool aligned, bool bilinear) -> (Tensor, Tensor)");
 }
 
 // `import instseg._C` loads this library, which runs the registrations above.

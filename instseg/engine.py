@@ -21,12 +21,14 @@ def get_project_cfg() -> CfgNode:
 
     Importing the method packages also registers their models in detectron2's registries.
     """
+    import blendmask
     import centermask
     import instseg.data  # noqa: F401  (registers the embedded dataset)
     import instseg.modeling  # noqa: F401  (registers FCOS, its backbones, the shared RoI heads)
 
     cfg = get_cfg()
     add_instseg_config(cfg)
+    blendmask.add_blendmask_config(cfg)
     centermask.add_centermask_config(cfg)
     return cfg
 

@@ -1,4 +1,13 @@
+from .blend import blend, blend_reference
 from .poolers import ROIPooler, assign_boxes_by_image_ratio, use_instseg_roi_align
 from .roi_align import ROIAlign, roi_align
 
-__all__ = ["ROIAlign", "ROIPooler", "assign_boxes_by_image_ratio", "roi_align", "use_instseg_roi_align"]
+__all__ = [
+    "ROIAlign",
+    "ROIPooler",
+    "assign_boxes_by_image_ratio",
+    "blend",
+    "blend_reference",
+    "roi_align",
+    "use_instseg_roi_align",
+]

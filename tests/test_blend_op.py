@@ -1,0 +1,104 @@
+"""The fused blender op against its plain PyTorch + torchvision composition, float64 gradcheck,
+torch.library.opcheck, empty inputs, boxes at and beyond the borders, and its errors."""
+import itertools
+
+import pytest
+import torch
+
+from instseg.layers import blend, blend_reference
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_inputs(num_boxes=12, dtype=torch.float32, seed=0, device="cpu", bases_hw=(24, 32), attn=7):
+    g = torch.Generator().manual_seed(seed)
+    bases = torch.randn(2, 4, *bases_hw, generator=g, dtype=dtype)
+    height, width = bases_hw[0] * 4, bases_hw[1] * 4  # bases at stride 4
+    xy = torch.rand(num_boxes, 2, generator=g, dtype=dtype) * torch.tensor([width, height], dtype=dtype) * 1.2 - 10
+    wh = torch.rand(num_boxes, 2, generator=g, dtype=dtype) * 60
+    special = torch.tensor(
+        [[0, -30, -30, -5, -5], [1, 0, 0, width, height], [0, width - 8, height - 8, width + 20, height + 20],
+         [1, 10, 10, 10, 10]],  # wholly outside, whole image, across the border, zero size
+        dtype=dtype,
+    )
+    index = torch.randint(0, 2, (num_boxes, 1), generator=g).to(dtype)
+    rois = torch.cat([torch.cat([index, xy, xy + wh], dim=1), special])
+    attns = torch.randn(len(rois), 4, attn, attn, generator=g, dtype=dtype)
+    return bases.to(device), rois.to(device), attns.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize(
+    "interp,sampling_ratio,aligned", list(itertools.product(["bilinear", "nearest"], [1, 2, 0], [True, False]))
+)
+def test_matches_reference(device, dtype, tol, interp, sampling_ratio, aligned):
+    bases, rois, attns = make_inputs(dtype=dtype, device=device)
+    args = (0.25, 16, sampling_ratio, aligned, interp)
+    b1, a1 = bases.clone().requires_grad_(True), attns.clone().requires_grad_(True)
+    b2, a2 = bases.clone().requires_grad_(True), attns.clone().requires_grad_(True)
+    ours, ref = blend(b1, rois, a1, *args), blend_reference(b2, rois, a2, *args)
+    assert ours.shape == (len(rois), 16, 16)
+    torch.testing.assert_close(ours, ref, atol=tol, rtol=0)
+    grad = torch.randn_like(ours)
+    g1 = torch.autograd.grad(ours, (b1, a1), grad)
+    g2 = torch.autograd.grad(ref, (b2, a2), grad)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x, y, atol=10 * tol, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("interp", ["bilinear", "nearest"])
+def test_gradcheck(seed, interp):
+    bases, rois, attns = make_inputs(4, torch.float64, seed, bases_hw=(6, 7), attn=3)
+    bases.requires_grad_(True)
+    attns.requires_grad_(True)
+
+    def fn(b, a):
+        return blend(b, rois, a, 0.25, 5, 2, True, interp)
+
+    assert torch.autograd.gradcheck(fn, (bases, attns), eps=1e-6, atol=1e-5)
+
+
+def test_opcheck_schema_autograd_fake():
+    bases, rois, attns = make_inputs(3)
+    bases.requires_grad_(True)
+    attns.requires_grad_(True)
+    torch.library.opcheck(torch.ops.instseg.blend.default, (bases, rois, attns, 0.25, 8, 1, True, True))
+
+
+def test_empty_boxes():
+    bases, _, _ = make_inputs()
+    bases.requires_grad_(True)
+    attns = torch.zeros(0, 4, 7, 7, requires_grad=True)
+    out = blend(bases, torch.zeros(0, 5), attns, 0.25, 56)
+    assert out.shape == (0, 56, 56)
+    out.sum().backward()
+    assert torch.equal(bases.grad, torch.zeros_like(bases))
+
+
+def test_torch_compile_traces_the_op():
+    bases, rois, attns = make_inputs(3)
+    compiled = torch.compile(lambda b, r, a: blend(b, r, a, 0.25, 8), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(bases, rois, attns), blend(bases, rois, attns, 0.25, 8))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda b, r, a: (b[0], r, a), "bases must be \\(N, K, H, W\\)"),
+        (lambda b, r, a: (b, r[:, :4], a), "rois must be \\(P, 5\\)"),
+        (lambda b, r, a: (b, r, a[:, :3]), "attns must be \\(P, K, A, A\\)"),
+        (lambda b, r, a: (b, r.double(), a), "must have the bases' dtype"),
+        (lambda b, r, a: (b.repeat(1, 5, 1, 1), r, a.repeat(1, 5, 1, 1)), "at most 16 bases"),
+    ],
+)
+def test_clear_errors(change, message):
+    bases, rois, attns = change(*make_inputs(3))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.instseg.blend(bases, rois, attns, 0.25, 8, 1, True, True)
+
+
+def test_bad_interpolation_mode():
+    with pytest.raises(ValueError, match="attn_interp"):
+        blend(*make_inputs(3), 0.25, 8, attn_interp="bicubic")

@@ -1,0 +1,98 @@
+"""BlendMask: semantic targets from instance masks, AdelaiDet parameter names, the blender's loss with
+either implementation, and a training step + inference of a small model."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.utils.events import EventStorage
+
+from blendmask import semantic_targets
+from instseg.engine import build_config
+
+SHAPES = "configs/BlendMask/R_18_shapes.yaml"
+
+
+def test_semantic_targets_from_instances():
+    a = Instances((4, 6))
+    masks = torch.zeros(2, 4, 6, dtype=torch.bool)
+    masks[0, :, :3] = True
+    masks[1, 1:3, 2:5] = True  # overlaps the first; drawn later, so it wins
+    a.gt_masks = BitMasks(masks)
+    a.gt_classes = torch.tensor([0, 2])
+    b = Instances((2, 2))
+    b.gt_masks = PolygonMasks([[[0, 0, 2, 0, 2, 2, 0, 2]]])
+    b.gt_classes = torch.tensor([1])
+    out = semantic_targets([a, b], 4, 8, num_classes=3)
+    expected = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0],
+                             [1, 1, 3, 3, 3, 0, 0, 0],
+                             [1, 1, 3, 3, 3, 0, 0, 0],
+                             [1, 1, 1, 0, 0, 0, 0, 0]])
+    assert torch.equal(out[0], expected)
+    assert torch.equal(out[1, :2, :2], torch.full((2, 2), 2)) and out[1].sum() == 8
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NUM_CLASSES"):
+        semantic_targets([a], 4, 8, num_classes=2)
+
+
+def test_parameter_names_match_adelaidet():
+    keys = {k: v.shape for k, v in build_model(build_config("configs/BlendMask/R_50_1x.yaml", ["MODEL.WEIGHTS", ""])).state_dict().items()}
+    expected = {
+        "top_layer.weight": (784, 256, 3, 3),
+        "top_layer.bias": (784,),
+        "basis_module.refine.0.0.weight": (128, 256, 3, 3),
+        "basis_module.refine.2.1.running_mean": (128,),
+        "basis_module.tower.2.0.weight": (128, 128, 3, 3),
+        "basis_module.tower.4.0.weight": (128, 128, 3, 3),
+        "basis_module.tower.5.weight": (4, 128, 1, 1),
+        "basis_module.seg_head.0.weight": (128, 256, 3, 3),
+        "basis_module.seg_head.6.weight": (81, 128, 1, 1),
+        "proposal_generator.fcos_head.cls_tower.9.weight": (256, 256, 3, 3),
+        "proposal_generator.fcos_head.cls_logits.weight": (80, 256, 3, 3),
+        "backbone.fpn_lateral3.weight": (256, 512, 1, 1),
+        "backbone.top_block.p6.weight": (256, 256, 3, 3),
+        "backbone.bottom_up.res5.2.conv3.weight": (2048, 512, 1, 1),
+    }
+    for key, shape in expected.items():
+        assert keys.get(key) == shape, key
+    assert not any(".scales." in k for k in keys)  # USE_SCALE False, as in AdelaiDet's checkpoints
+    rt = {k for k in build_model(build_config("configs/BlendMask/RT_R_50_4x_bn-head_syncbn_shtw.yaml", ["MODEL.WEIGHTS", ""])).state_dict()}
+    assert "proposal_generator.fcos_head.share_tower.1.2.running_mean" in rt
+    assert "basis_module.tower.4.weight" in rt and "backbone.top_block.p6.weight" not in rt
+
+
+def _batch():
+    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float()
+    inst = Instances((128, 128))
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 60.0, 120.0, 100.0]]))
+    inst.gt_classes = torch.tensor([0, 2])
+    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
+    masks[0, 12:70, 10:60] = True
+    masks[1, 60:100, 70:120] = True
+    inst.gt_masks = BitMasks(masks)
+    return [{"image": image, "instances": inst, "height": 128, "width": 128}]
+
+
+def test_fused_and_reference_blenders_give_the_same_losses():
+    losses = {}
+    for impl in ("fused", "reference"):
+        torch.manual_seed(0)
+        model = build_model(build_config(SHAPES, ["MODEL.BLENDMASK.BLENDER_IMPL", impl])).train()
+        with EventStorage():
+            losses[impl] = model(_batch())
+    assert set(losses["fused"]) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_basis_sem"}
+    for key in losses["fused"]:
+        torch.testing.assert_close(losses["fused"][key], losses["reference"][key], atol=1e-5, rtol=1e-5)
+
+
+def test_small_model_trains_and_predicts_masks():
+    model = build_model(build_config(SHAPES))
+    model.train()
+    with EventStorage():
+        losses = model(_batch())
+    sum(losses.values()).backward()
+    assert model.top_layer.weight.grad.abs().sum() > 0
+    assert model.basis_module.tower[-1].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        (out,) = model(_batch())
+    pred = out["instances"]
+    assert pred.pred_masks.shape[1:] == (128, 128) and pred.has("scores") and pred.has("pred_classes")
