@@ -15,7 +15,7 @@ from centermask.vovnet import EffectiveSE
 from instseg.engine import build_config
 from instseg.layers import ROIPooler, assign_boxes_by_image_ratio
 
-LITE_SHAPES = "configs/CenterMask/centermask_lite_V_19_slim_dw_shapes.yaml"
+LITE_SHAPES = "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml"
 
 
 def test_effective_se_matches_formula():

@@ -1,0 +1,106 @@
+"""Benchmark: the fused blender op (csrc/blender) against the plain PyTorch blender
+(torchvision roi_align + F.interpolate + softmax + weighted sum), forward + backward.
+
+Both run on the same inputs: 100 boxes on one image's bases (K = 4, stride 4 of an 800 x 1216 image),
+R = 56, attentions A = 14. Time is the median of repeats in this process; peak memory is measured in
+a fresh subprocess per variant as the growth of the peak resident set size (CPU) or of
+torch.cuda.max_memory_allocated (GPU) during one forward + backward. Ratios are reference / fused.
+
+    python projects/benchmark_blender.py                  # CPU, 2 threads
+    python projects/benchmark_blender.py --device cuda
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from instseg.layers import blend, blend_reference
+
+VARIANTS = {"fused": blend, "reference": blend_reference}
+
+
+def make_inputs(num_boxes, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    height, width, num_bases, attn = 800, 1216, 4, 14
+    bases = torch.randn(1, num_bases, height // 4, width // 4, generator=g)
+    size = 32 + torch.rand(num_boxes, 2, generator=g) * 320
+    xy = torch.rand(num_boxes, 2, generator=g) * (torch.tensor([width, height]) - size)
+    rois = torch.cat([torch.zeros(num_boxes, 1), xy, xy + size], dim=1)
+    attns = torch.randn(num_boxes, num_bases, attn, attn, generator=g)
+    return bases.to(device), rois.to(device), attns.to(device)
+
+
+def step(fn, bases, rois, attns):
+    bases = bases.detach().requires_grad_(True)
+    attns = attns.detach().requires_grad_(True)
+    masks = fn(bases, rois, attns, 0.25, 56, 1, True, "bilinear")
+    masks.backward(torch.ones_like(masks))
+
+
+def time_variant(fn, inputs, repeats, warmup=2):
+    times = []
+    for i in range(warmup + repeats):
+        if inputs[0].is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(fn, *inputs)
+        if inputs[0].is_cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_bytes(variant, args):
+    """Run in a subprocess so that an earlier variant's high-water mark does not hide this one's."""
+    torch.set_num_threads(args.threads)
+    bases, rois, attns = inputs = make_inputs(args.boxes, args.device)
+    step(VARIANTS[variant], bases, rois[:1], attns[:1])  # initialise the libraries first
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.max_memory_allocated()
+        step(VARIANTS[variant], *inputs)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(VARIANTS[variant], *inputs)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--boxes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--memory-of", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        print(json.dumps(peak_memory_bytes(args.memory_of, args)))
+        return
+    torch.set_num_threads(args.threads)
+    inputs = make_inputs(args.boxes, args.device)
+    seconds = {name: time_variant(fn, inputs, args.repeats) for name, fn in VARIANTS.items()}
+    memory = {}
+    for name in VARIANTS:
+        cmd = [sys.executable, __file__, "--memory-of", name, "--device", args.device,
+               "--threads", str(args.threads), "--boxes", str(args.boxes)]
+        memory[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    print(f"Blender forward+backward, {args.boxes} boxes, K=4, R=56, A=14, device {args.device}, "
+          f"{args.threads} threads, median of {args.repeats}")
+    print("| blender | time (ms) | peak memory (MB) |")
+    print("|---|---|---|")
+    for name in VARIANTS:
+        print(f"| {name} | {seconds[name] * 1e3:.1f} | {memory[name] / 2**20:.1f} |")
+    print(f"fused vs reference: {seconds['reference'] / seconds['fused']:.2f}x faster, "
+          f"{memory['fused'] / max(memory['reference'], 1):.2f}x the peak memory")
+
+
+if __name__ == "__main__":
+    main()
