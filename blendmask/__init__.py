@@ -3,9 +3,9 @@
 Importing this package registers the "BlendMask" meta-architecture; its detector is the shared FCOS
 (instseg.modeling.fcos) and its blender the fused op of csrc/blender.
 """
-from .basis_module import BasisModule, semantic_targets
+from .basis_module import BasisModule
 from .blender import Blender
 from .blendmask import BlendMask
 from .config import add_blendmask_config
 
-__all__ = ["BasisModule", "BlendMask", "Blender", "add_blendmask_config", "semantic_targets"]
+__all__ = ["BasisModule", "BlendMask", "Blender", "add_blendmask_config"]

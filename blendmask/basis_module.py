@@ -9,9 +9,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from instseg.modeling import semantic_targets
 
 
 def _conv_block(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
@@ -21,25 +23,6 @@ def _conv_block(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
         nn.init.constant_(conv.bias, 0)
     layers = [conv] + ([get_norm(norm, out_ch)] if norm else []) + [nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
-
-
-def semantic_targets(instances: List[Instances], height: int, width: int, num_classes: int) -> Tensor:
-    """Per-pixel class map of a batch from its instance masks: (N, H, W) int64, 0 = background and
-    c + 1 for class c; where instances overlap the later one wins. Any dataset with instance masks
-    thus has semantic targets, with no separate annotation files."""
-    out = torch.zeros((len(instances), height, width), dtype=torch.int64)
-    for i, inst in enumerate(instances):
-        if len(inst) == 0:
-            continue
-        h, w = inst.image_size
-        masks = inst.gt_masks
-        if not isinstance(masks, BitMasks):
-            masks = BitMasks.from_polygon_masks(masks, h, w)
-        for mask, cls in zip(masks.tensor.cpu(), inst.gt_classes.cpu()):
-            if not 0 <= int(cls) < num_classes:
-                raise ValueError(f"gt class {int(cls)} outside [0, {num_classes}) (MODEL.ROI_HEADS.NUM_CLASSES)")
-            out[i, :h, :w][mask[:h, :w]] = int(cls) + 1
-    return out
 
 
 class BasisModule(nn.Module):

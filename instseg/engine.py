@@ -25,11 +25,13 @@ def get_project_cfg() -> CfgNode:
     import centermask
     import instseg.data  # noqa: F401  (registers the embedded dataset)
     import instseg.modeling  # noqa: F401  (registers FCOS, its backbones, the shared RoI heads)
+    import refinemask
 
     cfg = get_cfg()
     add_instseg_config(cfg)
     blendmask.add_blendmask_config(cfg)
     centermask.add_centermask_config(cfg)
+    refinemask.add_refinemask_config(cfg)
     return cfg
 
 

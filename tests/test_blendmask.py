@@ -6,8 +6,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from blendmask import semantic_targets
 from instseg.engine import build_config
+from instseg.modeling import semantic_targets
 
 SHAPES = "configs/BlendMask/R_18_shapes.yaml"
 

@@ -1,6 +1,7 @@
 from .backbone import build_fcos_fpn, build_fcos_resnet_fpn_backbone
 from .fcos import FCOS, FCOSHead, FCOSPositives, FCOSPredictions
 from .roi_heads import InstSegROIHeads
+from .semantic_targets import semantic_targets
 
 __all__ = [
     "FCOS",
@@ -10,4 +11,5 @@ __all__ = [
     "InstSegROIHeads",
     "build_fcos_fpn",
     "build_fcos_resnet_fpn_backbone",
+    "semantic_targets",
 ]

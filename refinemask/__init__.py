@@ -1,0 +1,20 @@
+"""RefineMask (Zhang et al., CVPR 2021) on detectron2: a semantic head on P2, a mask head refined in
+stages from 14 x 14 to 112 x 112 by the semantic fusion module, and boundary-aware refinement.
+
+Importing this package registers RefineROIHeads (on top of Mask R-CNN's box branch).
+"""
+from .boundary import boundary_region, merge_stage
+from .config import add_refinemask_config
+from .mask_head import RefineMaskHead, SFMStage
+from .roi_heads import RefineROIHeads
+from .semantic_head import SemanticHead
+
+__all__ = [
+    "RefineMaskHead",
+    "RefineROIHeads",
+    "SFMStage",
+    "SemanticHead",
+    "add_refinemask_config",
+    "boundary_region",
+    "merge_stage",
+]

@@ -1,0 +1,188 @@
+"""RefineMask's mask head: a coarse 14 x 14 instance mask refined in stages to 28, 56 and 112 by the
+semantic fusion module (SFM), and its boundary-aware loss.
+
+Shape legend: M RoIs, N images, C channels of a stage (256, 128, 64), S its size (14, 28, 56),
+K classes (1 for a class-agnostic stage). Module names follow the official code where a converter
+needs them (projects/convert_refinemask_checkpoint.py).
+"""
+from typing import List
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.structures import Boxes, Instances
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from instseg.layers import ROIPooler
+
+from .boundary import boundary_region, merge_stage, upsample2x
+
+
+def _pick(logits: Tensor, labels: Tensor) -> Tensor:
+    """(M, K, S, S) -> (M, S, S): each RoI's class (K = 1: class-agnostic)."""
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    return logits[torch.arange(len(labels), device=logits.device), labels]
+
+
+class SFMStage(nn.Module):
+    """One refinement stage at size S: predicts this stage's mask, fuses the instance features with
+    RoI crops of the semantic features and foreground mask (1x1 reduce, three parallel dilated 3x3
+    convs, 1x1 merge), halves the channels and upsamples 2x for the next stage."""
+
+    def __init__(self, channels: int, semantic_channels: int, size: int, num_classes: int, dilations, roi_align_impl: str):
+        super().__init__()
+        self.pooler = ROIPooler(size, (0.25,), 0, "ROIAlignV2", roi_align_impl=roi_align_impl)
+        self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
+        self.semantic_transform_out = nn.Conv2d(channels, channels, 1)
+        self.instance_logits = nn.Conv2d(channels, num_classes, 1)
+        self.reduce = nn.Conv2d(2 * channels + 2, channels, 1)
+        self.dilated_convs = nn.ModuleList(
+            Conv2d(channels, channels, 3, padding=d, dilation=d, activation=nn.ReLU()) for d in dilations
+        )
+        self.merge = nn.Conv2d(channels, channels, 1)
+        self.fuse_transform_out = nn.Conv2d(channels, channels // 2 - 2, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                weight_init.c2_msra_fill(m)
+
+    def forward(self, x: Tensor, semantic_feat: Tensor, semantic_logits: Tensor, boxes: List[Boxes], labels: Tensor):
+        """
+        Args:
+            x: (M, C, S, S) instance features.
+            semantic_feat: (N, D, H, W) and semantic_logits (N, 1, H, W): the semantic head's outputs (stride 4).
+            boxes: per image, the RoIs; labels: (M,) their classes.
+
+        Returns:
+            this stage's mask logits (M, S, S) and the next stage's features (M, C/2, 2S, 2S).
+        """
+        logits = _pick(self.instance_logits(x), labels)
+        sem = F.relu(self.semantic_transform_out(F.relu(self.pooler([F.relu(self.semantic_transform_in(semantic_feat))], boxes))))
+        sem_mask = self.pooler([semantic_logits.sigmoid()], boxes)
+        masks = torch.stack([logits.sigmoid(), sem_mask[:, 0]], dim=1)
+        y = F.relu(self.reduce(cat([x, sem, masks], dim=1)))
+        y = F.relu(self.merge(sum(conv(y) for conv in self.dilated_convs)))
+        y = F.relu(self.fuse_transform_out(y))
+        y = F.interpolate(cat([y, masks], dim=1), scale_factor=2, mode="bilinear", align_corners=False)
+        return logits, y
+
+
+class RefineMaskHead(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        conv_dim: int,
+        num_instance_convs: int,
+        semantic_channels: int,
+        stage_sizes: List[int],
+        num_classes: int,
+        class_agnostic_last_stage: bool,
+        dilations: List[int],
+        boundary_width: int,
+        inference_boundary_width: int,
+        start_stage: int,
+        stage_loss_weights: List[float],
+        roi_align_impl: str = "instseg",
+    ):
+        super().__init__()
+        if len(stage_loss_weights) != len(stage_sizes):
+            raise ValueError("MODEL.REFINEMASK.STAGE_LOSS_WEIGHTS needs one weight per STAGE_SIZES entry")
+        if any(b != 2 * a for a, b in zip(stage_sizes, stage_sizes[1:])):
+            raise ValueError(f"MODEL.REFINEMASK.STAGE_SIZES must double at each stage, got {stage_sizes}")
+        self.instance_convs = nn.ModuleList(
+            Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU())
+            for i in range(num_instance_convs)
+        )
+        for conv in self.instance_convs:
+            weight_init.c2_msra_fill(conv)
+        channels = conv_dim
+        self.stages = nn.ModuleList()
+        for size in stage_sizes[:-1]:
+            self.stages.append(SFMStage(channels, semantic_channels, size, num_classes, dilations, roi_align_impl))
+            channels //= 2
+        self.final_instance_logits = nn.Conv2d(channels, 1 if class_agnostic_last_stage else num_classes, 1)
+        weight_init.c2_msra_fill(self.final_instance_logits)
+        self.stage_sizes = stage_sizes
+        self.boundary_width = boundary_width
+        self.inference_boundary_width = inference_boundary_width
+        self.start_stage = start_stage
+        self.stage_loss_weights = stage_loss_weights
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec, semantic_channels: int):
+        rm = cfg.MODEL.REFINEMASK
+        return {
+            "in_channels": input_shape.channels,
+            "conv_dim": rm.CONV_DIM,
+            "num_instance_convs": rm.NUM_INSTANCE_CONVS,
+            "semantic_channels": semantic_channels,
+            "stage_sizes": list(rm.STAGE_SIZES),
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "class_agnostic_last_stage": rm.CLASS_AGNOSTIC_LAST_STAGE,
+            "dilations": list(rm.DILATIONS),
+            "boundary_width": rm.BOUNDARY_WIDTH,
+            "inference_boundary_width": rm.INFERENCE_BOUNDARY_WIDTH,
+            "start_stage": rm.START_STAGE,
+            "stage_loss_weights": list(rm.STAGE_LOSS_WEIGHTS),
+            "roi_align_impl": cfg.MODEL.ROI_ALIGN_IMPL,
+        }
+
+    def forward(self, x: Tensor, semantic_feat: Tensor, semantic_logits: Tensor, boxes: List[Boxes], labels: Tensor) -> List[Tensor]:
+        """
+        Args:
+            x: (M, C_in, 14, 14) RoI features; semantic_feat, semantic_logits: see SFMStage.
+            boxes: per image, the RoIs; labels: (M,) their classes (ground truth in training,
+                predicted at test time).
+
+        Returns:
+            per stage, (M, S, S) mask logits: sizes 14, 28, 56, 112.
+        """
+        for conv in self.instance_convs:
+            x = conv(x)
+        stage_logits = []
+        for stage in self.stages:
+            logits, x = stage(x, semantic_feat, semantic_logits, boxes, labels)
+            stage_logits.append(logits)
+        stage_logits.append(_pick(self.final_instance_logits(x), labels))
+        return stage_logits
+
+    def losses(self, stage_logits: List[Tensor], instances: List[Instances]) -> Tensor:
+        """Boundary-aware loss: stages up to start_stage are trained on the whole RoI; a later stage
+        only inside the union of the boundary regions of the previous stage's (merged, binarised)
+        prediction and of the previous-size ground truth, upsampled 2x; BCE averaged over that
+        region, stages weighted by stage_loss_weights."""
+        total = stage_logits[0].sum() * 0
+        if stage_logits[0].numel() == 0:
+            return total
+        previous, previous_target = None, None
+        for i, (logits, weight) in enumerate(zip(stage_logits, self.stage_loss_weights)):
+            size = logits.shape[-1]
+            target = cat(
+                [x.gt_masks.crop_and_resize(x.proposal_boxes.tensor, size) for x in instances if len(x)]
+            ).to(logits)
+            if i <= self.start_stage:
+                loss = F.binary_cross_entropy_with_logits(logits, target)
+                merged = logits
+            else:
+                region = upsample2x(
+                    boundary_region(previous > 0, self.boundary_width)
+                    | boundary_region(previous_target > 0.5, self.boundary_width)
+                )
+                per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+                loss = (per_pixel * region).sum() / region.sum().clamp(min=1)
+                merged = merge_stage(previous, logits, self.inference_boundary_width)
+            total = total + weight * loss
+            previous, previous_target = merged.detach(), target
+        return total
+
+    def inference(self, stage_logits: List[Tensor]) -> Tensor:
+        """Merge the stages from 28 x 28 up (the 14 x 14 stage only feeds the next one): (M, 1, R, R)
+        mask probabilities at the last size."""
+        merged = stage_logits[1]
+        for logits in stage_logits[2:]:
+            merged = merge_stage(merged, logits, self.inference_boundary_width)
+        return merged.sigmoid()[:, None]

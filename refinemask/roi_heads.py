@@ -1,0 +1,77 @@
+"""RefineMask's RoI heads: Mask R-CNN's box branch, the semantic head on P2 and the multi-stage
+RefineMask head in place of the mask head."""
+from typing import Dict, List
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling.roi_heads import select_foreground_proposals
+from detectron2.structures import Instances
+from torch import Tensor
+
+from instseg.layers import ROIPooler
+from instseg.modeling import InstSegROIHeads
+
+from .mask_head import RefineMaskHead
+from .semantic_head import SemanticHead
+
+
+@ROI_HEADS_REGISTRY.register()
+class RefineROIHeads(InstSegROIHeads):
+    @configurable
+    def __init__(self, *, semantic_head: SemanticHead, semantic_in_feature: str, **kwargs):
+        """Arguments as StandardROIHeads (its mask head being a RefineMaskHead), plus the semantic
+        head and the feature it runs on."""
+        super().__init__(**kwargs)
+        self.semantic_head = semantic_head
+        self.semantic_in_feature = semantic_in_feature
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["semantic_head"] = SemanticHead(cfg, input_shape)
+        ret["semantic_in_feature"] = cfg.MODEL.REFINEMASK.SEMANTIC_IN_FEATURE
+        return ret
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+        pooler = ROIPooler(
+            output_size=resolution,
+            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+            sampling_ratio=cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
+            pooler_type=cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE,
+            roi_align_impl=cfg.MODEL.ROI_ALIGN_IMPL,
+        )
+        shape = ShapeSpec(channels=input_shape[in_features[0]].channels, height=resolution, width=resolution)
+        head = RefineMaskHead(cfg, shape, semantic_channels=cfg.MODEL.REFINEMASK.CONV_DIM)
+        return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": head}
+
+    def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
+        semantic_feat, semantic_logits = self.semantic_head(features[self.semantic_in_feature])
+        # the semantic outputs travel to _forward_mask with the other feature maps
+        features = dict(features, refinemask_semantic=semantic_feat, refinemask_semantic_logits=semantic_logits)
+        instances, losses = super().forward(images, features, proposals, targets)
+        if self.training:
+            losses["loss_semantic"] = self.semantic_head.loss(semantic_logits, targets, tuple(images.tensor.shape[-2:]))
+        return instances, losses
+
+    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+            boxes = [x.proposal_boxes for x in instances]
+            labels = cat([x.gt_classes for x in instances])
+        else:
+            boxes = [x.pred_boxes for x in instances]
+            labels = cat([x.pred_classes for x in instances])
+        pooled = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        stage_logits = self.mask_head(
+            pooled, features["refinemask_semantic"], features["refinemask_semantic_logits"], boxes, labels
+        )
+        if self.training:
+            return {"loss_mask": self.mask_head.losses(stage_logits, instances)}
+        probs = self.mask_head.inference(stage_logits)
+        for inst, masks in zip(instances, probs.split([len(x) for x in instances])):
+            inst.pred_masks = masks
+        return instances

@@ -1,0 +1,56 @@
+"""RefineMask's semantic head: convs on P2 and a binary foreground classifier. Its feature map and
+foreground mask are the fine-grained inputs of every refinement stage.
+
+Shape legend: N images, C in channels, D = CONV_DIM, H x W the P2 map.
+"""
+from typing import List, Tuple
+
+import fvcore.nn.weight_init as weight_init
+from detectron2.config import configurable
+from detectron2.layers import Conv2d
+from detectron2.structures import Instances
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from instseg.modeling import semantic_targets
+
+
+class SemanticHead(nn.Module):
+    @configurable
+    def __init__(self, *, in_channels: int, conv_dim: int, num_convs: int, num_classes: int, loss_weight: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.convs = nn.ModuleList(
+            Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU())
+            for i in range(num_convs)
+        )
+        self.logits = nn.Conv2d(conv_dim, 1, 1)
+        for conv in self.convs:
+            weight_init.c2_msra_fill(conv)
+        weight_init.c2_msra_fill(self.logits)
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        rm = cfg.MODEL.REFINEMASK
+        return {
+            "in_channels": input_shape[rm.SEMANTIC_IN_FEATURE].channels,
+            "conv_dim": rm.CONV_DIM,
+            "num_convs": rm.NUM_SEMANTIC_CONVS,
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "loss_weight": rm.SEMANTIC_LOSS_WEIGHT,
+        }
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(N, C, H, W) -> features (N, D, H, W) and foreground logits (N, 1, H, W)."""
+        for conv in self.convs:
+            x = conv(x)
+        return x, self.logits(x)
+
+    def loss(self, logits: Tensor, gt_instances: List[Instances], image_size: Tuple[int, int]) -> Tensor:
+        """BCE against the image's foreground (the union of its instance masks), sampled at the
+        logits' stride of the padded (H, W) `image_size`."""
+        foreground = semantic_targets(gt_instances, *image_size, self.num_classes) > 0
+        stride = image_size[0] // logits.shape[-2]
+        foreground = foreground[:, ::stride, ::stride][:, : logits.shape[-2], : logits.shape[-1]]
+        return F.binary_cross_entropy_with_logits(logits[:, 0], foreground.to(logits)) * self.loss_weight

@@ -1,0 +1,134 @@
+"""RefineMask: boundary regions against a brute-force distance computation, the stage merge rule, loss
+masking, SFM shapes, and the model built from its configs."""
+import itertools
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from instseg.engine import build_config
+from refinemask import SFMStage, boundary_region, merge_stage
+
+SHAPES = "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml"
+
+
+def brute_force_boundary(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """A pixel is boundary iff a pixel of the other label (outside the frame: background) lies within
+    Chebyshev distance `width`."""
+    h, w = mask.shape
+    out = torch.zeros_like(mask, dtype=torch.bool)
+    for i, j in itertools.product(range(h), range(w)):
+        for a, b in itertools.product(range(i - width, i + width + 1), range(j - width, j + width + 1)):
+            other = bool(mask[a, b]) if 0 <= a < h and 0 <= b < w else False
+            if other != bool(mask[i, j]):
+                out[i, j] = True
+                break
+    return out
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_boundary_region_matches_brute_force(width):
+    g = torch.Generator().manual_seed(width)
+    masks = torch.rand(3, 12, 10, generator=g) > 0.5
+    masks[0] = False
+    masks[0, 3:9, 2:7] = True  # a solid block
+    out = boundary_region(masks, width)
+    for mask, region in zip(masks, out):
+        assert torch.equal(region, brute_force_boundary(mask, width))
+
+
+def test_merge_stage_replaces_only_inside_the_previous_boundary():
+    previous = torch.full((1, 8, 8), -5.0)
+    previous[0, 2:6, 2:6] = 5.0  # a square
+    logits = torch.full((1, 16, 16), 7.0)
+    merged = merge_stage(previous, logits, width=1)
+    region = boundary_region(previous > 0, 1).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert torch.all(merged[region] == 7.0)
+    upsampled = torch.nn.functional.interpolate(previous[:, None], scale_factor=2, mode="bilinear")[:, 0]
+    assert torch.equal(merged[~region], upsampled[~region])
+    assert merged[0, 0, 0] == -5.0 and merged[0, 7, 7] == 5.0  # far outside / deep inside: unchanged
+
+
+def _head_and_instances():
+    cfg = build_config(SHAPES)
+    model = build_model(cfg)
+    head = model.roi_heads.mask_head
+    inst = Instances((64, 64))
+    inst.proposal_boxes = Boxes(torch.tensor([[8.0, 8.0, 40.0, 40.0], [20.0, 10.0, 60.0, 50.0]]))
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 12:36, 10:30] = True
+    masks[1, 15:45, 25:55] = True
+    inst.gt_masks = BitMasks(masks)
+    inst.gt_classes = torch.tensor([0, 2])
+    return head, inst
+
+
+def test_sfm_stage_shapes():
+    stage = SFMStage(64, 128, 14, 3, [1, 3, 5], "instseg")
+    boxes = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 4.0, 60.0, 40.0]]))]
+    logits, out = stage(torch.randn(2, 64, 14, 14), torch.randn(1, 128, 16, 16), torch.randn(1, 1, 16, 16), boxes, torch.tensor([0, 2]))
+    assert logits.shape == (2, 14, 14) and out.shape == (2, 32, 28, 28)
+
+
+def test_loss_masks_later_stages_to_the_boundary_region():
+    head, inst = _head_and_instances()
+    logits = [torch.zeros(2, s, s, requires_grad=True) for s in (14, 28, 56, 112)]
+    head.losses(logits, [inst]).backward()
+    # stages 0 and 1 train on every pixel; stages 2 and 3 only on part of the RoI
+    assert (logits[0].grad != 0).all() and (logits[1].grad != 0).all()
+    for stage in (2, 3):
+        trained = logits[stage].grad != 0
+        assert trained.any() and not trained.all()
+    # changing a stage-3 logit outside the trained region does not change the loss
+    outside = (logits[3].grad == 0).nonzero()[0].tolist()
+    changed = [x.detach().clone() for x in logits]
+    changed[3][tuple(outside)] = 10.0
+    assert torch.equal(head.losses(changed, [inst]), head.losses([x.detach() for x in logits], [inst]))
+
+
+def test_model_trains_and_predicts_112_masks():
+    model = build_model(build_config(SHAPES))
+    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float()
+    inst = Instances((128, 128))
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 60.0, 120.0, 100.0]]))
+    inst.gt_classes = torch.tensor([0, 2])
+    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
+    masks[0, 12:70, 10:60] = True
+    masks[1, 60:100, 70:120] = True
+    inst.gt_masks = BitMasks(masks)
+    model.train()
+    with EventStorage():
+        losses = model([{"image": image, "instances": inst}])
+    assert {"loss_mask", "loss_semantic", "loss_cls", "loss_box_reg"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.roi_heads.semantic_head.logits.weight.grad.abs().sum() > 0
+    model.eval()
+    proposals = Instances((128, 128))
+    proposals.pred_boxes = inst.gt_boxes
+    proposals.pred_classes = inst.gt_classes
+    proposals.scores = torch.ones(2)
+    with torch.no_grad():
+        features = model.backbone((image[None] - model.pixel_mean) / model.pixel_std)
+        semantic = model.roi_heads.semantic_head(features["p2"])
+        features.update(refinemask_semantic=semantic[0], refinemask_semantic_logits=semantic[1])
+        (out,) = model.roi_heads.forward_with_given_boxes(features, [proposals])
+    assert out.pred_masks.shape == (2, 1, 112, 112)
+
+
+def test_full_model_parameter_names():
+    keys = {k: v.shape for k, v in build_model(build_config("configs/RefineMask/refinemask_R_50_FPN_1x.yaml", ["MODEL.WEIGHTS", ""])).state_dict().items()}
+    expected = {
+        "roi_heads.semantic_head.convs.3.weight": (256, 256, 3, 3),
+        "roi_heads.semantic_head.logits.weight": (1, 256, 1, 1),
+        "roi_heads.mask_head.instance_convs.1.weight": (256, 256, 3, 3),
+        "roi_heads.mask_head.stages.0.reduce.weight": (256, 514, 1, 1),
+        "roi_heads.mask_head.stages.1.dilated_convs.2.weight": (128, 128, 3, 3),
+        "roi_heads.mask_head.stages.2.fuse_transform_out.weight": (30, 64, 1, 1),
+        "roi_heads.mask_head.stages.0.instance_logits.weight": (80, 256, 1, 1),
+        "roi_heads.mask_head.final_instance_logits.weight": (80, 32, 1, 1),
+        "roi_heads.box_predictor.cls_score.weight": (81, 1024),
+    }
+    for key, shape in expected.items():
+        assert keys.get(key) == shape, key
