@@ -55,10 +55,10 @@ def main():
     args = parser.parse_args()
     setup_logger(name="instseg")
 
+    threshold = str(args.confidence_threshold)  # R-CNN heads and FCOS each have their own key
     cfg = build_config(
         args.config_file,
-        list(args.opts)
-        + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.confidence_threshold)],
+        list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", threshold, "MODEL.FCOS.INFERENCE_TH_TEST", threshold],
     )
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")

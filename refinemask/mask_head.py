@@ -20,6 +20,12 @@ from instseg.layers import ROIPooler
 from .boundary import boundary_region, merge_stage, upsample2x
 
 
+def _init_predictor(conv: nn.Conv2d) -> None:
+    """Mask logits start near 0 (probability 0.5), as detectron2 initialises its mask predictor."""
+    nn.init.normal_(conv.weight, std=0.001)
+    nn.init.constant_(conv.bias, 0)
+
+
 def _pick(logits: Tensor, labels: Tensor) -> Tensor:
     """(M, K, S, S) -> (M, S, S): each RoI's class (K = 1: class-agnostic)."""
     if logits.shape[1] == 1:
@@ -47,6 +53,7 @@ class SFMStage(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 weight_init.c2_msra_fill(m)
+        _init_predictor(self.instance_logits)
 
     def forward(self, x: Tensor, semantic_feat: Tensor, semantic_logits: Tensor, boxes: List[Boxes], labels: Tensor):
         """
@@ -105,7 +112,7 @@ class RefineMaskHead(nn.Module):
             self.stages.append(SFMStage(channels, semantic_channels, size, num_classes, dilations, roi_align_impl))
             channels //= 2
         self.final_instance_logits = nn.Conv2d(channels, 1 if class_agnostic_last_stage else num_classes, 1)
-        weight_init.c2_msra_fill(self.final_instance_logits)
+        _init_predictor(self.final_instance_logits)
         self.stage_sizes = stage_sizes
         self.boundary_width = boundary_width
         self.inference_boundary_width = inference_boundary_width

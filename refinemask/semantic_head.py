@@ -27,7 +27,8 @@ class SemanticHead(nn.Module):
         self.logits = nn.Conv2d(conv_dim, 1, 1)
         for conv in self.convs:
             weight_init.c2_msra_fill(conv)
-        weight_init.c2_msra_fill(self.logits)
+        nn.init.normal_(self.logits.weight, std=0.001)  # start at probability 0.5
+        nn.init.constant_(self.logits.bias, 0)
         self.loss_weight = loss_weight
 
     @classmethod

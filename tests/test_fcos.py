@@ -120,20 +120,21 @@ def test_losses_are_finite_and_trainable():
 
 def test_detect_decodes_thresholds_and_nms():
     fcos = build_fcos().eval()
-    locations = torch.tensor([[20.0, 20.0], [22.0, 20.0], [100.0, 100.0]])
-    logits = torch.full((1, 3, 3), -10.0)
+    locations = torch.tensor([[20.0, 20.0], [22.0, 20.0], [100.0, 100.0], [60.0, 60.0]])
+    logits = torch.full((1, 4, 3), -10.0)
+    logits[0, 3, 2] = 5.0  # the best score, but an empty box: dropped
     logits[0, 0, 1] = 3.0  # class 1 at location 0
     logits[0, 1, 1] = 2.0  # a near-duplicate of it: suppressed by NMS
     logits[0, 2, 0] = 1.0  # class 0 elsewhere
     pred = FCOSPredictions(
         logits=logits,
-        box_reg=torch.tensor([[[1.0, 1.0, 2.0, 2.0], [1.25, 1.0, 1.75, 2.0], [0.5, 0.5, 0.5, 0.5]]]),
-        ctrness=torch.zeros(1, 3),
-        top_feats=torch.arange(6.0).reshape(1, 3, 2),
+        box_reg=torch.tensor([[[1.0, 1.0, 2.0, 2.0], [1.25, 1.0, 1.75, 2.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]]),
+        ctrness=torch.zeros(1, 4),
+        top_feats=torch.arange(8.0).reshape(1, 4, 2),
         locations=locations,
-        strides=torch.tensor([8.0, 8.0, 16.0]),
-        levels=torch.tensor([0, 0, 1]),
-        ranges=torch.tensor([[-1, 32], [-1, 32], [32, 64]]),
+        strides=torch.tensor([8.0, 8.0, 16.0, 8.0]),
+        levels=torch.tensor([0, 0, 1, 0]),
+        ranges=torch.tensor([[-1, 32], [-1, 32], [32, 64], [-1, 32]]),
     )
     (det,) = fcos.detect(pred, [(128, 128)])
     assert det.pred_classes.tolist() == [1, 0]

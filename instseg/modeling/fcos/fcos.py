@@ -235,7 +235,8 @@ class FCOS(nn.Module):
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, positives
 
     def detect(self, pred: FCOSPredictions, image_sizes) -> List[Instances]:
-        """Decode, threshold, keep the top-k per level, class-aware NMS, keep the top-k per image.
+        """Decode, threshold, keep the top-k per level, drop empty boxes, class-aware NMS, keep the
+        top-k per image.
 
         Returns per image Instances with pred_boxes, scores (sqrt(class score x centerness)),
         pred_classes, locations, fpn_levels and, with a top module, top_feat (D,).
@@ -263,6 +264,9 @@ class FCOS(nn.Module):
             xy = pred.locations[loc]
             boxes = Boxes(torch.stack([xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2], xy[:, 1] + reg[:, 3]], dim=1))
             boxes.clip(image_size)
+            nonempty = boxes.nonempty()  # a location may regress (or be clipped to) a degenerate box
+            boxes, scores, cls, loc = boxes[nonempty], scores[nonempty], cls[nonempty], loc[nonempty]
+            xy = xy[nonempty]
             keep = batched_nms(boxes.tensor, scores, cls, self.nms_thresh)[: self.post_nms_topk[training]]
             result = Instances(image_size)
             result.pred_boxes = boxes[keep]
