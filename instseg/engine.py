@@ -8,9 +8,9 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
 
 from .config import add_instseg_config, check_config, check_num_classes
+from .evaluation import BoundaryCOCOEvaluator
 from .utils import detectron2_has_compiled_ops
 
 logger = logging.getLogger(__name__)
@@ -59,12 +59,21 @@ def _all_keys(node: CfgNode, prefix: str = ""):
             yield prefix + name
 
 
+# keys of the upstream projects that this project sets in one place instead
+REPLACED_KEYS = {
+    "MODEL.FCOS.NUM_CLASSES": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "MODEL.BASIS_MODULE.NUM_CLASSES": "MODEL.ROI_HEADS.NUM_CLASSES",
+}
+
+
 def _unknown_key_message(cfg: CfgNode, error: str, config_file: str) -> str:
     """yacs's 'Non-existent key: X' with where it came from and the closest known keys."""
     match = re.search(r"([A-Z0-9_]+(?:\.[A-Z0-9_]+)+)", error)
     key = match.group(1) if match else error
-    close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.8)
     where = f" (in {config_file} or the command-line options)" if config_file else ""
+    if key in REPLACED_KEYS:
+        return f"unknown config key {key}{where}: the number of classes of every model is set once, in {REPLACED_KEYS[key]}"
+    close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.8)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"unknown config key {key}{where}{hint}"
 
@@ -79,13 +88,14 @@ def register_coco_datasets(specs) -> None:
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with COCO evaluation that works without detectron2's compiled ops."""
+    """detectron2's DefaultTrainer; evaluation reports box, mask and Boundary AP, and works without
+    detectron2's compiled ops."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
+        return BoundaryCOCOEvaluator(
             dataset_name,
             output_dir=output_folder,
             use_fast_impl=detectron2_has_compiled_ops(),

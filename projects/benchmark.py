@@ -8,7 +8,9 @@ to Mask R-CNN. Every model runs in its own subprocess so that peaks do not mix.
 
 Models are randomly initialised (no weights can be downloaded here). So that every model runs its full
 mask branch, score thresholds are set to 0: each outputs its maximum number of detections (100; 50 for
-CenterMask, whose FCOS keeps 50 at test time).
+CenterMask, whose FCOS keeps 50 at test time; the table shows the count). With random weights and
+frozen BatchNorm the backbones' activations blow up and collapse the proposals to a handful, so the
+backbones use GroupNorm here (the same change for every model).
 
 Accuracy mode (--accuracy): trains every *_shapes config on the embedded dataset with its (equal)
 schedule through projects/train_net.py and collects box and mask AP.
@@ -23,13 +25,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+
+from instseg.utils import PEAK_RSS_ENV
 
 # name -> (config, test image size (H, W)); the first is the reference of the ratios
 SPEED_MODELS = {
@@ -38,14 +41,16 @@ SPEED_MODELS = {
     "BlendMask RT R50 (550)": ("configs/BlendMask/RT_R_50_4x_syncbn_shtw.yaml", (512, 736)),
     "CenterMask V-39": ("configs/CenterMask/centermask_V_39_eSE_FPN_ms_3x.yaml", (800, 1216)),
     "CenterMask-Lite V-19": ("configs/CenterMask/centermask_lite_V_19_eSE_FPN_ms_4x.yaml", (608, 928)),
+    "RefineMask R50-FPN": ("configs/RefineMask/refinemask_R_50_FPN_1x.yaml", (800, 1216)),
 }
 ACCURACY_MODELS = {
     "Mask R-CNN R18-FPN": "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
     "BlendMask R18": "configs/BlendMask/R_18_shapes.yaml",
     "CenterMask-Lite V-19": "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml",
+    "RefineMask R18-FPN": "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml",
 }
-ZERO_THRESHOLDS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0",
-                   "MODEL.WEIGHTS", ""]
+RANDOM_INIT = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0",
+               "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "GN", "MODEL.VOVNET.NORM", "GN"]
 
 
 def _synthetic_batch(size, device, with_targets):
@@ -73,6 +78,19 @@ def _synthetic_batch(size, device, with_targets):
     return batch
 
 
+class _ImageToBoxes(torch.nn.Module):
+    """The model as a function of one image tensor, for fvcore's tracing FLOP counter (detectron2
+    v0.6's own wrapper needs caffe2)."""
+
+    def __init__(self, model, size):
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, image):
+        out = self.model([{"image": image, "height": self.size[0], "width": self.size[1]}])[0]["instances"]
+        return out.pred_boxes.tensor, out.pred_masks
+
+
 def _sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -81,14 +99,15 @@ def _sync(device):
 def measure_one(name, args):
     """Runs in a subprocess: every measurement of one model; returns a dict."""
     from detectron2.modeling import build_model
-    from detectron2.utils.analysis import FlopCountAnalysis
     from detectron2.utils.events import EventStorage
+    from fvcore.nn import FlopCountAnalysis
 
     from instseg.engine import build_config
+    from instseg.utils import peak_memory_of
 
     torch.set_num_threads(args.threads)
     config, size = SPEED_MODELS[name]
-    cfg = build_config(config, ZERO_THRESHOLDS + ["MODEL.DEVICE", args.device])
+    cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device])
     model = build_model(cfg).eval()
     inputs = _synthetic_batch(size, args.device, with_targets=False)
     result = {"params": sum(p.numel() for p in model.parameters())}
@@ -103,17 +122,10 @@ def measure_one(name, args):
             _sync(args.device)
             times.append(time.perf_counter() - start)
         result["detections"] = len(outputs[0]["instances"])
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.max_memory_allocated()
-            model(inputs)
-            result["peak_memory"] = torch.cuda.max_memory_allocated() - base
-        else:
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            model(inputs)
-            result["peak_memory"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+        result["peak_memory"] = peak_memory_of(lambda: model(inputs), args.device)
         try:
-            result["flops"] = FlopCountAnalysis(model, inputs).unsupported_ops_warnings(False).total()
+            flops = FlopCountAnalysis(_ImageToBoxes(model, size), (inputs[0]["image"],))
+            result["flops"] = flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total()
         except Exception as e:  # tracing is best effort; say why there is no number
             result["flops_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     times.sort()
@@ -151,21 +163,37 @@ def speed_table(results, args):
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
         + f"), torch {torch.__version__}, random init, 1 image per inference.",
         "",
-        "| model | input | params (M) | GFLOPs | latency median (ms) | p90 (ms) | vs Mask R-CNN | peak mem (MB) "
-        "| vs Mask R-CNN | train iter (s) | vs Mask R-CNN |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | params (M) | GFLOPs | detections | latency median (ms) | p90 (ms) | vs Mask R-CNN "
+        "| peak mem (MB) | vs Mask R-CNN | train iter (s) | vs Mask R-CNN |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         size = SPEED_MODELS[name][1]
         flops = f"{r['flops'] / 1e9:.1f}" if "flops" in r else "n/a"
         lines.append(
-            f"| {name} | {size[0]}x{size[1]} | {r['params'] / 1e6:.1f} | {flops} | {r['latency_median'] * 1e3:.0f} | "
+            f"| {name} | {size[0]}x{size[1]} | {r['params'] / 1e6:.1f} | {flops} | {r['detections']} | {r['latency_median'] * 1e3:.0f} | "
             f"{r['latency_p90'] * 1e3:.0f} | {_fmt_ratio(r['latency_median'], ref['latency_median'])} | "
             f"{r['peak_memory'] / 2**20:.0f} | {_fmt_ratio(r['peak_memory'], ref['peak_memory'])} | "
             f"{r['train_iter']:.2f} | {_fmt_ratio(r['train_iter'], ref['train_iter'])} |"
         )
     notes = [f"- {name}: FLOPs not counted ({r['flops_error']})" for name, r in results.items() if "flops_error" in r]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines + ([""] + notes if notes else []) + ["", vovnet_param_table()])
+
+
+def vovnet_param_table():
+    """Backbone-only parameter counts, comparable with centermask2's published ones."""
+    from centermask import VOVNET_SPECS, VoVNet
+
+    published = {"V-19-slim-dw-eSE": "1.8", "V-19-slim-eSE": "3.1", "V-19-eSE": "11.2"}
+    lines = [
+        "| VoVNet backbone | params (M), ours | + a 1000-class ImageNet classifier | centermask2 README |",
+        "|---|---|---|---|",
+    ]
+    for name, spec in VOVNET_SPECS.items():
+        count = sum(p.numel() for p in VoVNet(spec, 3, ["stage5"]).parameters())
+        classifier = spec.stage_out_ch[-1] * 1000 + 1000
+        lines.append(f"| {name} | {count / 1e6:.2f} | {(count + classifier) / 1e6:.2f} | {published.get(name, '-')} |")
+    return "\n".join(lines)
 
 
 def _last_metrics(output_dir):
@@ -238,7 +266,7 @@ def main():
             cmd = [sys.executable, __file__, "--one", model] + [
                 f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("device", "threads", "warmup", "repeats", "train_iters")
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **PEAK_RSS_ENV))
             if proc.returncode != 0:
                 raise RuntimeError(f"{model} failed:\n{proc.stderr[-3000:]}")
             results[model] = json.loads(proc.stdout.splitlines()[-1])

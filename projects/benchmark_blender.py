@@ -2,16 +2,18 @@
 (torchvision roi_align + F.interpolate + softmax + weighted sum), forward + backward.
 
 Both run on the same inputs: 100 boxes on one image's bases (K = 4, stride 4 of an 800 x 1216 image),
-R = 56, attentions A = 14. Time is the median of repeats in this process; peak memory is measured in
-a fresh subprocess per variant as the growth of the peak resident set size (CPU) or of
-torch.cuda.max_memory_allocated (GPU) during one forward + backward. Ratios are reference / fused.
+R = 56, attentions A = 14. Time is the median of repeats in this process. Peak memory is measured in
+a fresh subprocess per variant: on CPU as the peak resident set size during one forward + backward
+(Linux VmHWM, reset just before) minus the resident size before it, with glibc returning every block
+over 64 KiB to the system when freed (MALLOC_MMAP_THRESHOLD_) so that the peak follows live memory;
+on GPU as the growth of torch.cuda.max_memory_allocated. Ratios are reference / fused.
 
     python projects/benchmark_blender.py                  # CPU, 2 threads
     python projects/benchmark_blender.py --device cuda
 """
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import time
 import torch
 
 from instseg.layers import blend, blend_reference
+from instseg.utils import PEAK_RSS_ENV, peak_memory_of
 
 VARIANTS = {"fused": blend, "reference": blend_reference}
 
@@ -61,16 +64,7 @@ def peak_memory_bytes(variant, args):
     torch.set_num_threads(args.threads)
     bases, rois, attns = inputs = make_inputs(args.boxes, args.device)
     step(VARIANTS[variant], bases, rois[:1], attns[:1])  # initialise the libraries first
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.max_memory_allocated()
-        step(VARIANTS[variant], *inputs)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(VARIANTS[variant], *inputs)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return peak_memory_of(lambda: step(VARIANTS[variant], *inputs), args.device)
 
 
 def main():
@@ -91,7 +85,9 @@ def main():
     for name in VARIANTS:
         cmd = [sys.executable, __file__, "--memory-of", name, "--device", args.device,
                "--threads", str(args.threads), "--boxes", str(args.boxes)]
-        memory[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        env = dict(os.environ, **PEAK_RSS_ENV)
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        memory[name] = json.loads(proc.stdout.splitlines()[-1])
     print(f"Blender forward+backward, {args.boxes} boxes, K=4, R=56, A=14, device {args.device}, "
           f"{args.threads} threads, median of {args.repeats}")
     print("| blender | time (ms) | peak memory (MB) |")

@@ -3,7 +3,7 @@ either implementation, and a training step + inference of a small model."""
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import BitMasks, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from instseg.engine import build_config
@@ -59,40 +59,28 @@ def test_parameter_names_match_adelaidet():
     assert "basis_module.tower.4.weight" in rt and "backbone.top_block.p6.weight" not in rt
 
 
-def _batch():
-    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float()
-    inst = Instances((128, 128))
-    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 60.0, 120.0, 100.0]]))
-    inst.gt_classes = torch.tensor([0, 2])
-    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
-    masks[0, 12:70, 10:60] = True
-    masks[1, 60:100, 70:120] = True
-    inst.gt_masks = BitMasks(masks)
-    return [{"image": image, "instances": inst, "height": 128, "width": 128}]
-
-
-def test_fused_and_reference_blenders_give_the_same_losses():
+def test_fused_and_reference_blenders_give_the_same_losses(two_box_batch):
     losses = {}
     for impl in ("fused", "reference"):
         torch.manual_seed(0)
         model = build_model(build_config(SHAPES, ["MODEL.BLENDMASK.BLENDER_IMPL", impl])).train()
         with EventStorage():
-            losses[impl] = model(_batch())
+            losses[impl] = model(two_box_batch)
     assert set(losses["fused"]) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_basis_sem"}
     for key in losses["fused"]:
         torch.testing.assert_close(losses["fused"][key], losses["reference"][key], atol=1e-5, rtol=1e-5)
 
 
-def test_small_model_trains_and_predicts_masks():
+def test_small_model_trains_and_predicts_masks(two_box_batch):
     model = build_model(build_config(SHAPES))
     model.train()
     with EventStorage():
-        losses = model(_batch())
+        losses = model(two_box_batch)
     sum(losses.values()).backward()
     assert model.top_layer.weight.grad.abs().sum() > 0
     assert model.basis_module.tower[-1].weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        (out,) = model(_batch())
+        (out,) = model(two_box_batch)
     pred = out["instances"]
     assert pred.pred_masks.shape[1:] == (128, 128) and pred.has("scores") and pred.has("pred_classes")

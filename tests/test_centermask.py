@@ -141,24 +141,16 @@ def test_full_centermask_parameter_names():
     assert not any(k.startswith("roi_heads.box_") for k in keys)
 
 
-def test_lite_model_trains_and_predicts_masks():
+def test_lite_model_trains_and_predicts_masks(two_box_batch):
     cfg = build_config(LITE_SHAPES, ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"])
     model = build_model(cfg)
-    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float()
-    inst = Instances((128, 128))
-    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 60.0, 120.0, 100.0]]))
-    inst.gt_classes = torch.tensor([0, 2])
-    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
-    masks[0, 12:70, 10:60] = True
-    masks[1, 60:100, 70:120] = True
-    inst.gt_masks = BitMasks(masks)
     model.train()
     with EventStorage():
-        losses = model([{"image": image, "instances": inst}])
+        losses = model(two_box_batch)
     assert {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_maskiou"} <= set(losses)
     sum(losses.values()).backward()
     model.eval()
     with torch.no_grad():
-        (out,) = model([{"image": image, "height": 128, "width": 128}])
+        (out,) = model(two_box_batch)
     pred = out["instances"]
     assert pred.pred_masks.shape[1:] == (128, 128) and len(pred) <= 50

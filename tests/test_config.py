@@ -30,6 +30,11 @@ def test_config_key_typo_names_the_key():
         build_config(SHAPES, ["MODEL.ROI_HEADS.NUM_CLASES", "3"])
 
 
+def test_upstream_num_classes_keys_point_to_the_one_key():
+    with pytest.raises(KeyError, match="MODEL.FCOS.NUM_CLASSES.*set once, in MODEL.ROI_HEADS.NUM_CLASSES"):
+        build_config(SHAPES, ["MODEL.FCOS.NUM_CLASSES", "3"])
+
+
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match="no_such.yaml"):
         build_config("configs/no_such.yaml")

@@ -88,19 +88,12 @@ def test_loss_masks_later_stages_to_the_boundary_region():
     assert torch.equal(head.losses(changed, [inst]), head.losses([x.detach() for x in logits], [inst]))
 
 
-def test_model_trains_and_predicts_112_masks():
+def test_model_trains_and_predicts_112_masks(two_box_batch):
     model = build_model(build_config(SHAPES))
-    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float()
-    inst = Instances((128, 128))
-    inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 60.0, 120.0, 100.0]]))
-    inst.gt_classes = torch.tensor([0, 2])
-    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
-    masks[0, 12:70, 10:60] = True
-    masks[1, 60:100, 70:120] = True
-    inst.gt_masks = BitMasks(masks)
+    image, inst = two_box_batch[0]["image"], two_box_batch[0]["instances"]
     model.train()
     with EventStorage():
-        losses = model([{"image": image, "instances": inst}])
+        losses = model(two_box_batch)
     assert {"loss_mask", "loss_semantic", "loss_cls", "loss_box_reg"} <= set(losses)
     sum(losses.values()).backward()
     assert model.roi_heads.semantic_head.logits.weight.grad.abs().sum() > 0

@@ -43,6 +43,7 @@ def trained(request, tmp_path_factory):
 def test_training_writes_model_zoo_checkpoints_and_evaluates(trained):
     _, out, log = trained
     assert "copypaste: Task: segm" in log and "copypaste: Task: bbox" in log
+    assert "copypaste: Task: boundary" in log
     checkpoint = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
     assert set(checkpoint) >= {"model", "iteration"}
     assert any(k.startswith(("roi_heads.mask_head.", "basis_module.")) for k in checkpoint["model"])

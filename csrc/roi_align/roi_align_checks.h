@@ -31,4 +31,20 @@ inline void check_roi_align_args(
       "roi_align: output size must be positive, got ", pooled_height, "x", pooled_width);
 }
 
+inline void check_roi_align_backward_args(
+    const at::Tensor& grad,
+    const at::Tensor& rois,
+    int64_t channels,
+    int64_t pooled_height,
+    int64_t pooled_width) {
+  TORCH_CHECK(
+      grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+          grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+      "roi_align backward: grad must be (K, C, PH, PW) = (", rois.size(0), ", ", channels, ", ",
+      pooled_height, ", ", pooled_width, "), got ", grad.sizes());
+  TORCH_CHECK(
+      grad.scalar_type() == rois.scalar_type(),
+      "roi_align backward: grad and rois must have the same dtype");
+}
+
 } // namespace instseg

@@ -174,14 +174,7 @@ at::Tensor roi_align_backward_cpu(
     int64_t sampling_ratio,
     bool aligned) {
   TORCH_CHECK(grad.is_cpu() && rois.is_cpu(), "roi_align backward: CPU kernel got a non-CPU tensor");
-  TORCH_CHECK(
-      grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-          grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-      "roi_align backward: grad must be (K, C, PH, PW) = (", rois.size(0), ", ", channels, ", ",
-      pooled_height, ", ", pooled_width, "), got ", grad.sizes());
-  TORCH_CHECK(
-      grad.scalar_type() == rois.scalar_type(),
-      "roi_align backward: grad and rois must have the same dtype");
+  check_roi_align_backward_args(grad, rois, channels, pooled_height, pooled_width);
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
   if (grad.numel() == 0 || grad_input.numel() == 0) {
     return grad_input;

@@ -15,6 +15,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Output element i of a (K, C, PH, PW) tensor as (roi, channel, ph, pw).
+struct OutputIndex {
+  int64_t roi;
+  int c, ph, pw;
+};
+
+__device__ inline OutputIndex decode(int64_t i, int channels, int pooled_height, int pooled_width) {
+  return {i / pooled_width / pooled_height / channels, static_cast<int>((i / pooled_width / pooled_height) % channels),
+          static_cast<int>((i / pooled_width) % pooled_height), static_cast<int>(i % pooled_width)};
+}
+
 inline int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
 }
@@ -36,10 +47,9 @@ __global__ void roi_align_forward_kernel(
   using T = at::opmath_type<scalar_t>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(blockDim.x) * gridDim.x) {
-    const int pw = i % pooled_width;
-    const int ph = (i / pooled_width) % pooled_height;
-    const int c = (i / pooled_width / pooled_height) % channels;
-    const int64_t r = i / pooled_width / pooled_height / channels;
+    const OutputIndex o = decode(i, channels, pooled_height, pooled_width);
+    const int64_t r = o.roi;
+    const int c = o.c, ph = o.ph, pw = o.pw;
     const RoIBins<T> b =
         roi_bins<T>(rois + r * 5, scale, pooled_height, pooled_width, sampling_ratio, aligned);
     const scalar_t* plane = input + (int64_t(b.batch) * channels + c) * height * width;
@@ -81,10 +91,9 @@ __global__ void roi_align_backward_kernel(
   using T = at::opmath_type<scalar_t>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(blockDim.x) * gridDim.x) {
-    const int pw = i % pooled_width;
-    const int ph = (i / pooled_width) % pooled_height;
-    const int c = (i / pooled_width / pooled_height) % channels;
-    const int64_t r = i / pooled_width / pooled_height / channels;
+    const OutputIndex o = decode(i, channels, pooled_height, pooled_width);
+    const int64_t r = o.roi;
+    const int c = o.c, ph = o.ph, pw = o.pw;
     const RoIBins<T> b =
         roi_bins<T>(rois + r * 5, scale, pooled_height, pooled_width, sampling_ratio, aligned);
     scalar_t* plane = grad_input + (int64_t(b.batch) * channels + c) * height * width;
@@ -156,11 +165,7 @@ at::Tensor roi_align_backward_cuda(
   TORCH_CHECK(grad.is_cuda() && rois.is_cuda(), "roi_align backward: CUDA kernel got a CPU tensor");
   at::CheckedFrom c = "roi_align_backward_cuda";
   at::checkAllSameGPU(c, {{grad, "grad", 1}, {rois, "rois", 2}});
-  TORCH_CHECK(
-      grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-          grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-      "roi_align backward: grad must be (K, C, PH, PW) = (", rois.size(0), ", ", channels, ", ",
-      pooled_height, ", ", pooled_width, "), got ", grad.sizes());
+  check_roi_align_backward_args(grad, rois, channels, pooled_height, pooled_width);
   c10::cuda::CUDAGuard device_guard(grad.device());
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
   if (grad.numel() == 0 || grad_input.numel() == 0) {

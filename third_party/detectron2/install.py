@@ -22,7 +22,7 @@ import tempfile
 
 SDIST = "pb1-detectron2==0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-PATCH_REVISION = "1"
+PATCH_REVISION = "2"
 LOCAL_VERSION = "0.6+instseg." + PATCH_REVISION
 PATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pb1-detectron2-0.6.patch")
 
