@@ -6,7 +6,6 @@ Shape legend: N images, C FPN channels, D = CONVS_DIM, K bases, H x W the padded
 """
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.structures import Instances

@@ -5,7 +5,6 @@ import os
 import re
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer
 

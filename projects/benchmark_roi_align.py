@@ -59,8 +59,8 @@ def main():
     print(f"RoIAlign forward+backward, {args.rois} RoIs x {args.channels} channels, "
           f"feature map {tuple(features.shape)}, sampling_ratio 0, aligned, device {args.device}, "
           f"{args.threads} threads, median of {args.repeats}")
-    print(f"| output | torchvision (ms) | instseg (ms) | speed-up |")
-    print(f"|---|---|---|---|")
+    print("| output | torchvision (ms) | instseg (ms) | speed-up |")
+    print("|---|---|---|---|")
     for output_size in (7, 14):
         ref = time_fwd_bwd(torchvision.ops.roi_align, features, rois, scale, output_size, args.repeats)
         ours = time_fwd_bwd(roi_align, features, rois, scale, output_size, args.repeats)

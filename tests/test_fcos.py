@@ -2,7 +2,6 @@
 centerness, losses, decoding and NMS, and AdelaiDet/centermask2 parameter names."""
 import math
 
-import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances

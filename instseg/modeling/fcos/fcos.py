@@ -247,7 +247,7 @@ class FCOS(nn.Module):
             cls_scores = pred.logits[i].detach().sigmoid()
             ctr = pred.ctrness[i].detach().sigmoid()
             candidate_scores = cls_scores * ctr[:, None] if self.thresh_with_ctr else cls_scores
-            keep_loc, keep_cls, keep_score = [], [], []
+            keep_loc, keep_cls = [], []
             for level in range(len(self.strides)):
                 (idx,) = torch.nonzero(pred.levels == level, as_tuple=True)
                 scores = candidate_scores[idx]
