@@ -44,43 +44,41 @@ struct BlendPixel {
   AxisSample<T> ax;
 };
 
-// base(k, y, x) reads base k of the box's image at pixel (y, x); attn(k, y, x) reads attention k of
-// the box at (y, x) of its A x A grid.
-template <typename T, typename BaseFn, typename AttnFn>
+// One output pixel. sample_y(iy) / sample_x(ix) give the pixel's RoIAlign samples along each axis
+// (grid_h x grid_w of them, averaged with 1 / count); ay / ax its attention-resize samples;
+// base(k, y, x) reads base k of the box's image, attn(k, y, x) attention k of the box.
+template <typename T, typename SampleY, typename SampleX, typename BaseFn, typename AttnFn>
 C10_HOST_DEVICE inline BlendPixel<T> blend_pixel(
-    const RoIBins<T>& bins,
-    int y,
-    int x,
+    int grid_h,
+    int grid_w,
+    T count,
+    SampleY sample_y,
+    SampleX sample_x,
+    const AxisSample<T>& ay,
+    const AxisSample<T>& ax,
     int num_bases,
-    int height,
-    int width,
-    int output_size,
-    int attn_size,
-    bool bilinear,
     BaseFn base,
     AttnFn attn) {
   BlendPixel<T> px;
   px.num_bases = num_bases;
+  px.ay = ay;
+  px.ax = ax;
   for (int k = 0; k < num_bases; ++k) {
     px.crop[k] = T(0);
   }
-  for (int iy = 0; iy < bins.grid_h; ++iy) {
-    const AxisSample<T> sy = axis_sample(bins.sample_y(y, iy), height);
-    for (int ix = 0; ix < bins.grid_w; ++ix) {
-      const AxisSample<T> sx = axis_sample(bins.sample_x(x, ix), width);
+  for (int iy = 0; iy < grid_h; ++iy) {
+    const AxisSample<T> sy = sample_y(iy);
+    for (int ix = 0; ix < grid_w; ++ix) {
+      const AxisSample<T> sx = sample_x(ix);
       for (int k = 0; k < num_bases; ++k) {
         px.crop[k] += sy.w_low * (sx.w_low * base(k, sy.low, sx.low) + sx.w_high * base(k, sy.low, sx.high)) +
             sy.w_high * (sx.w_low * base(k, sy.high, sx.low) + sx.w_high * base(k, sy.high, sx.high));
       }
     }
   }
-  px.ay = resize_sample<T>(y, output_size, attn_size, bilinear);
-  px.ax = resize_sample<T>(x, output_size, attn_size, bilinear);
   T max_logit = T(0);
   for (int k = 0; k < num_bases; ++k) {
-    px.crop[k] /= bins.count;
-    const AxisSample<T>& ay = px.ay;
-    const AxisSample<T>& ax = px.ax;
+    px.crop[k] /= count;
     const T logit = ay.w_low * (ax.w_low * attn(k, ay.low, ax.low) + ax.w_high * attn(k, ay.low, ax.high)) +
         ay.w_high * (ax.w_low * attn(k, ay.high, ax.low) + ax.w_high * attn(k, ay.high, ax.high));
     px.weight[k] = logit;

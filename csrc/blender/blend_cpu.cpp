@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../roi_align/roi_samples_cpu.h"
 #include "blend_checks.h"
 #include "blend_common.h"
 
@@ -18,21 +19,35 @@ struct BlendGeometry {
   bool aligned, bilinear;
 };
 
+// A box's RoIAlign samples (shared with the RoIAlign kernels) and the attention-resize samples of
+// each output row / column, computed once per box instead of once per pixel.
 template <typename T>
-RoIBins<T> box_bins(const T* rois, int64_t p, int64_t batch_size, const BlendGeometry<T>& g) {
-  const T* roi = rois + p * 5;
-  TORCH_CHECK(
-      roi[0] >= 0 && roi[0] < batch_size,
-      "blend: rois[", p, ", 0] = ", roi[0], " is not an image index in [0, ", batch_size, ")");
-  return roi_bins<T>(roi, g.scale, g.output_size, g.output_size, g.sampling_ratio, g.aligned);
+struct BoxSamples {
+  std::vector<RoISamples<T>> rois;
+  std::vector<AxisSample<T>> resize;  // index y (or x) of the R x R output; rows and columns alike
+};
+
+template <typename T>
+BoxSamples<T> sample_boxes(const T* rois, int64_t num_boxes, int64_t batch_size, const BlendGeometry<T>& g) {
+  BoxSamples<T> s;
+  s.rois = sample_rois<T>(
+      rois, num_boxes, batch_size, g.height, g.width, g.scale, g.output_size, g.output_size,
+      g.sampling_ratio, g.aligned, "blend");
+  for (int i = 0; i < g.output_size; ++i) {
+    s.resize.push_back(resize_sample<T>(i, g.output_size, g.attn_size, g.bilinear));
+  }
+  return s;
 }
 
 template <typename T>
-BlendPixel<T> pixel(const RoIBins<T>& bins, int y, int x, const T* base, const T* attn, const BlendGeometry<T>& g) {
+BlendPixel<T> pixel(const RoISamples<T>& r, const BoxSamples<T>& s, int y, int x, const T* base, const T* attn, const BlendGeometry<T>& g) {
   const int64_t plane = g.height * g.width;
   const int64_t attn_plane = g.attn_size * g.attn_size;
+  const int grid_h = r.bins.grid_h > 0 ? r.bins.grid_h : 0;
+  const int grid_w = r.bins.grid_w > 0 ? r.bins.grid_w : 0;
   return blend_pixel<T>(
-      bins, y, x, g.num_bases, g.height, g.width, g.output_size, g.attn_size, g.bilinear,
+      grid_h, grid_w, r.bins.count, [&](int iy) { return r.ys[y * grid_h + iy]; },
+      [&](int ix) { return r.xs[x * grid_w + ix]; }, s.resize[y], s.resize[x], g.num_bases,
       [&](int k, int yy, int xx) { return base[k * plane + yy * g.width + xx]; },
       [&](int k, int yy, int xx) { return attn[k * attn_plane + yy * g.attn_size + xx]; });
 }
@@ -71,15 +86,16 @@ at::Tensor blend_forward_cpu(
     T* out = output.data_ptr<T>();
     const int64_t attn_box = g.num_bases * g.attn_size * g.attn_size;
     const int64_t base_image = g.num_bases * g.height * g.width;
+    const BoxSamples<T> samples = sample_boxes(roi_data, num_boxes, bases.size(0), g);
     at::parallel_for(0, num_boxes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        const RoIBins<T> bins = box_bins(roi_data, p, bases.size(0), g);
-        const T* base = base_data + bins.batch * base_image;
+        const RoISamples<T>& r = samples.rois[p];
+        const T* base = base_data + r.bins.batch * base_image;
         const T* attn = attn_data + p * attn_box;
         T* mask = out + p * output_size * output_size;
         for (int y = 0; y < output_size; ++y) {
           for (int x = 0; x < output_size; ++x) {
-            mask[y * output_size + x] = pixel(bins, y, x, base, attn, g).mask;
+            mask[y * output_size + x] = pixel(r, samples, y, x, base, attn, g).mask;
           }
         }
       }
@@ -128,13 +144,16 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
     const int64_t attn_box = g.num_bases * attn_plane;
     const int64_t plane = g.height * g.width;
     const int64_t base_image = g.num_bases * plane;
+    const BoxSamples<T> samples = sample_boxes(roi_data, num_boxes, bases.size(0), g);
     at::parallel_for(0, num_boxes, 1, [&](int64_t begin, int64_t end) {
       T* grad_base_all = grad_base_buffers + at::get_thread_num() * bases.numel();
       for (int64_t p = begin; p < end; ++p) {
-        const RoIBins<T> bins = box_bins(roi_data, p, bases.size(0), g);
-        const T* base = base_data + bins.batch * base_image;
+        const RoISamples<T>& r = samples.rois[p];
+        const int grid_h = r.bins.grid_h > 0 ? r.bins.grid_h : 0;
+        const int grid_w = r.bins.grid_w > 0 ? r.bins.grid_w : 0;
+        const T* base = base_data + r.bins.batch * base_image;
         const T* attn = attn_data + p * attn_box;
-        T* grad_base = grad_base_all + bins.batch * base_image;
+        T* grad_base = grad_base_all + r.bins.batch * base_image;
         T* grad_attn = grad_attn_data + p * attn_box;
         for (int y = 0; y < output_size; ++y) {
           for (int x = 0; x < output_size; ++x) {
@@ -142,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
             if (gout == T(0)) {
               continue;
             }
-            const BlendPixel<T> px = pixel(bins, y, x, base, attn, g);
+            const BlendPixel<T> px = pixel(r, samples, y, x, base, attn, g);
             for (int k = 0; k < g.num_bases; ++k) {
               // d mask / d logit_k = s_k (crop_k - mask), spread over the resize taps
               const T ga = gout * px.weight[k] * (px.crop[k] - px.mask);
@@ -153,12 +172,12 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
               ga_plane[px.ay.high * g.attn_size + px.ax.high] += ga * px.ay.w_high * px.ax.w_high;
             }
             // d mask / d crop_k = s_k, spread over the RoIAlign samples
-            for (int iy = 0; iy < bins.grid_h; ++iy) {
-              const AxisSample<T> sy = axis_sample(bins.sample_y(y, iy), static_cast<int>(g.height));
-              for (int ix = 0; ix < bins.grid_w; ++ix) {
-                const AxisSample<T> sx = axis_sample(bins.sample_x(x, ix), static_cast<int>(g.width));
+            for (int iy = 0; iy < grid_h; ++iy) {
+              const AxisSample<T>& sy = r.ys[y * grid_h + iy];
+              for (int ix = 0; ix < grid_w; ++ix) {
+                const AxisSample<T>& sx = r.xs[x * grid_w + ix];
                 for (int k = 0; k < g.num_bases; ++k) {
-                  const T gc = gout * px.weight[k] / bins.count;
+                  const T gc = gout * px.weight[k] / r.bins.count;
                   T* gb = grad_base + k * plane;
                   gb[sy.low * g.width + sx.low] += gc * sy.w_low * sx.w_low;
                   gb[sy.low * g.width + sx.high] += gc * sy.w_low * sx.w_high;

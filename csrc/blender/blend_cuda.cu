@@ -40,7 +40,11 @@ __device__ BlendPixel<T> pixel_at(
   *y_out = y;
   *x_out = x;
   return blend_pixel<T>(
-      bins, y, x, g.num_bases, g.height, g.width, g.output_size, g.attn_size, g.bilinear,
+      bins.grid_h, bins.grid_w, bins.count,
+      [&](int iy) { return axis_sample(bins.sample_y(y, iy), g.height); },
+      [&](int ix) { return axis_sample(bins.sample_x(x, ix), g.width); },
+      resize_sample<T>(y, g.output_size, g.attn_size, g.bilinear),
+      resize_sample<T>(x, g.output_size, g.attn_size, g.bilinear), g.num_bases,
       [&](int k, int yy, int xx) { return T(base[k * plane + yy * g.width + xx]); },
       [&](int k, int yy, int xx) { return T(attn[(k * g.attn_size + yy) * g.attn_size + xx]); });
 }

@@ -6,56 +6,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "roi_align_checks.h"
 #include "roi_align_common.h"
+#include "roi_samples_cpu.h"
 
 namespace instseg {
 namespace {
-
-// The y- and x-samples of every bin of one RoI: y-samples of bin row ph are
-// ys[ph * grid_h, (ph + 1) * grid_h), likewise xs for bin column pw.
-template <typename T>
-struct RoISamples {
-  RoIBins<T> bins;
-  std::vector<AxisSample<T>> ys;
-  std::vector<AxisSample<T>> xs;
-};
-
-template <typename T>
-std::vector<RoISamples<T>> sample_rois(
-    const T* rois,
-    int64_t num_rois,
-    int64_t batch_size,
-    int height,
-    int width,
-    T scale,
-    int pooled_height,
-    int pooled_width,
-    int sampling_ratio,
-    bool aligned) {
-  std::vector<RoISamples<T>> out(num_rois);
-  for (int64_t r = 0; r < num_rois; ++r) {
-    const T* roi = rois + r * 5;
-    TORCH_CHECK(
-        roi[0] >= 0 && roi[0] < batch_size,
-        "roi_align: rois[", r, ", 0] = ", roi[0], " is not an image index in [0, ", batch_size, ")");
-    RoISamples<T>& s = out[r];
-    s.bins = roi_bins<T>(roi, scale, pooled_height, pooled_width, sampling_ratio, aligned);
-    for (int ph = 0; ph < pooled_height; ++ph) {
-      for (int iy = 0; iy < s.bins.grid_h; ++iy) {
-        s.ys.push_back(axis_sample(s.bins.sample_y(ph, iy), height));
-      }
-    }
-    for (int pw = 0; pw < pooled_width; ++pw) {
-      for (int ix = 0; ix < s.bins.grid_w; ++ix) {
-        s.xs.push_back(axis_sample(s.bins.sample_x(pw, ix), width));
-      }
-    }
-  }
-  return out;
-}
 
 template <typename T>
 void forward_plane(
@@ -142,7 +98,8 @@ at::Tensor roi_align_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward_cpu", [&] {
     const auto samples = sample_rois<scalar_t>(
         rois_c.data_ptr<scalar_t>(), num_rois, input.size(0), height, width,
-        static_cast<scalar_t>(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned);
+        static_cast<scalar_t>(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned,
+        "roi_align");
     const scalar_t* in = input_c.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     const int64_t plane = static_cast<int64_t>(height) * width;
@@ -183,7 +140,8 @@ at::Tensor roi_align_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
     const auto samples = sample_rois<scalar_t>(
         rois_c.data_ptr<scalar_t>(), rois.size(0), batch_size, height, width,
-        static_cast<scalar_t>(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned);
+        static_cast<scalar_t>(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned,
+        "roi_align");
     // grad may be non-contiguous (e.g. expanded from a sum): read it through its strides
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const int64_t sr = grad.stride(0), sc = grad.stride(1), sh = grad.stride(2), sw = grad.stride(3);
