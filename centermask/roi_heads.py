@@ -10,7 +10,6 @@ from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rc
 from detectron2.structures import Instances
 from torch import Tensor
 
-from instseg.layers import ROIPooler
 from instseg.modeling import InstSegROIHeads
 
 from .maskiou_head import build_maskiou_head
@@ -46,22 +45,12 @@ class CenterROIHeads(InstSegROIHeads):
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-        channels = {input_shape[f].channels for f in in_features}
-        if len(channels) != 1:
-            raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES must share one width, got {channels}")
-        channels = channels.pop()
-        pooler = ROIPooler(
-            output_size=resolution,
-            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
-            sampling_ratio=cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
-            pooler_type=cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE,
-            assign_criterion=cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION,
-            roi_align_impl=cfg.MODEL.ROI_ALIGN_IMPL,
-        )
-        head = build_mask_head(cfg, ShapeSpec(channels=channels, width=resolution, height=resolution))
-        return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": head}
+        pooler, pooled = cls._build_mask_pooler(cfg, input_shape, cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION)
+        return {
+            "mask_in_features": cfg.MODEL.ROI_HEADS.IN_FEATURES,
+            "mask_pooler": pooler,
+            "mask_head": build_mask_head(cfg, pooled),
+        }
 
     def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
         del images

@@ -3,13 +3,12 @@ RefineMask head in place of the mask head."""
 from typing import Dict, List
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import cat
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import select_foreground_proposals
 from detectron2.structures import Instances
 from torch import Tensor
 
-from instseg.layers import ROIPooler
 from instseg.modeling import InstSegROIHeads
 
 from .mask_head import RefineMaskHead
@@ -35,18 +34,12 @@ class RefineROIHeads(InstSegROIHeads):
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-        pooler = ROIPooler(
-            output_size=resolution,
-            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
-            sampling_ratio=cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
-            pooler_type=cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE,
-            roi_align_impl=cfg.MODEL.ROI_ALIGN_IMPL,
-        )
-        shape = ShapeSpec(channels=input_shape[in_features[0]].channels, height=resolution, width=resolution)
-        head = RefineMaskHead(cfg, shape, semantic_channels=cfg.MODEL.REFINEMASK.CONV_DIM)
-        return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": head}
+        pooler, pooled = cls._build_mask_pooler(cfg, input_shape)
+        return {
+            "mask_in_features": cfg.MODEL.ROI_HEADS.IN_FEATURES,
+            "mask_pooler": pooler,
+            "mask_head": RefineMaskHead(cfg, pooled, semantic_channels=cfg.MODEL.REFINEMASK.CONV_DIM),
+        }
 
     def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
         semantic_feat, semantic_logits = self.semantic_head(features[self.semantic_in_feature])

@@ -1,7 +1,8 @@
 """RoI heads whose poolers follow cfg.MODEL.ROI_ALIGN_IMPL."""
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ..layers.poolers import use_instseg_roi_align
+from ..layers.poolers import ROIPooler, use_instseg_roi_align
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -18,6 +19,25 @@ class InstSegROIHeads(StandardROIHeads):
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         return _with_roi_align_impl(cfg, super()._init_mask_head(cfg, input_shape), "mask_pooler")
+
+    @classmethod
+    def _build_mask_pooler(cls, cfg, input_shape, assign_criterion: str = "area"):
+        """The mask pooler over MODEL.ROI_HEADS.IN_FEATURES (MODEL.ROI_MASK_HEAD pooler keys) and the
+        ShapeSpec of the features it pools, for heads that replace detectron2's mask head."""
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES must share one width, got {channels}")
+        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+        pooler = ROIPooler(
+            output_size=resolution,
+            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+            sampling_ratio=cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
+            pooler_type=cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE,
+            assign_criterion=assign_criterion,
+            roi_align_impl=cfg.MODEL.ROI_ALIGN_IMPL,
+        )
+        return pooler, ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
