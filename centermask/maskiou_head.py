@@ -6,6 +6,7 @@ Shape legend: M RoIs, C feature channels, S the RoI resolution (14), K classes.
 """
 from typing import List
 
+import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, cat
@@ -86,9 +87,12 @@ class MaskIoUHead(nn.Module):
         self.maskiou_fc1 = nn.Linear(conv_dim * (resolution // 2) ** 2, 1024)
         self.maskiou_fc2 = nn.Linear(1024, 1024)
         self.maskiou = nn.Linear(1024, num_classes)
-        for layer in self.convs + [self.maskiou_fc1, self.maskiou_fc2]:
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(layer.bias, 0)
+        for conv in self.convs:
+            weight_init.c2_msra_fill(conv)
+        # fan-in scaled: fan_out scaling would multiply the variance by ~6 in fc1 (6272 -> 1024) and make
+        # the initial IoU predictions, hence the first gradients, explode
+        for fc in (self.maskiou_fc1, self.maskiou_fc2):
+            weight_init.c2_xavier_fill(fc)
         nn.init.normal_(self.maskiou.weight, std=0.01)
         nn.init.constant_(self.maskiou.bias, 0)
 
