@@ -3,12 +3,18 @@ import difflib
 import logging
 import os
 import re
+import weakref
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import DefaultTrainer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultPredictor, DefaultTrainer
+from detectron2.utils import comm
 
+from .checkpoint import Checkpointer
 from .config import add_instseg_config, check_config, check_num_classes
+from .data.datasets import load_train_dicts
+from .data.mapper import InstSegDatasetMapper
+from .distributed import check_replicas_identical
 from .evaluation import BoundaryCOCOEvaluator
 from .utils import detectron2_has_compiled_ops
 
@@ -77,18 +83,33 @@ def _unknown_key_message(cfg: CfgNode, error: str, config_file: str) -> str:
     return f"unknown config key {key}{where}{hint}"
 
 
-def register_coco_datasets(specs) -> None:
-    """Register user datasets given as (name, json_file, image_root) triples, e.g. from the CLI."""
-    for name, json_file, image_root in specs:
-        for path, what in ((json_file, "annotation json"), (image_root, "image folder")):
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"dataset {name!r}: {what} {path!r} does not exist")
-        register_coco_instances(name, {}, json_file, image_root)
-
-
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer; evaluation reports box, mask and Boundary AP, and works without
-    detectron2's compiled ops."""
+    """detectron2's DefaultTrainer with this project's checkpointer (safe loading, atomic saving),
+    dataset mapper (clear errors on bad images) and evaluator (box, mask and Boundary AP, with or
+    without detectron2's compiled ops)."""
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before asking for the hooks; the
+        # checkpoint hook and resume_or_load must use ours.
+        self.checkpointer = Checkpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return super().build_hooks()
+
+    def train(self):
+        try:
+            results = super().train()
+        except FloatingPointError:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            logger.error(
+                "training stopped: the loss is not finite (see the error below); the optimizer did not "
+                "step on it. Last checkpoint: %s. Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, "
+                "then continue with --resume.",
+                last or "none yet",
+            )
+            raise
+        if comm.get_world_size() > 1:
+            check_replicas_identical(self.model)
+            logger.info("model weights are identical on all %d processes", comm.get_world_size())
+        return results
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -102,6 +123,23 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        loader = super().build_train_loader(cfg)
+        dataset = load_train_dicts(cfg)
         check_num_classes(cfg)  # the datasets' metadata is complete once they are loaded
-        return loader
+        return build_detection_train_loader(cfg, mapper=InstSegDatasetMapper(cfg, True), dataset=dataset)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=InstSegDatasetMapper(cfg, False))
+
+
+class Predictor(DefaultPredictor):
+    """detectron2's DefaultPredictor, loading cfg.MODEL.WEIGHTS with this project's Checkpointer, so
+    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted)."""
+
+    def __init__(self, cfg: CfgNode):
+        weights_free = cfg.clone()
+        weights_free.defrost()
+        weights_free.MODEL.WEIGHTS = ""
+        super().__init__(weights_free)
+        self.cfg = cfg.clone()
+        Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)

@@ -11,12 +11,11 @@ import os
 
 import cv2
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from instseg.engine import build_config
+from instseg.data.mapper import read_image
+from instseg.engine import Predictor, build_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -37,7 +36,7 @@ def list_images(inputs):
     return paths
 
 
-def draw_predictions(predictor: DefaultPredictor, image_bgr, metadata):
+def draw_predictions(predictor: Predictor, image_bgr, metadata):
     """Predict on one BGR image; returns the RGB picture of the predicted instances."""
     instances = predictor(image_bgr)["instances"].to("cpu")
     visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
@@ -60,7 +59,7 @@ def main():
         args.config_file,
         list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", threshold, "MODEL.FCOS.INFERENCE_TH_TEST", threshold],
     )
-    predictor = DefaultPredictor(cfg)
+    predictor = Predictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     paths = list_images(args.input)

@@ -4,25 +4,31 @@
     python projects/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
     python projects/train_net.py --config-file ... --resume          # continue from last_checkpoint
     python projects/train_net.py --config-file ... --num-gpus 2       # (CPU: 2 processes over gloo)
+    torchrun --nproc-per-node 2 projects/train_net.py --config-file ...   # the same, started by torchrun
     python projects/train_net.py --config-file ... --register-coco my_train ann.json images/ \\
         DATASETS.TRAIN '("my_train",)' MODEL.ROI_HEADS.NUM_CLASSES 5
 
 Options after the flags are KEY VALUE config overrides, as in detectron2's tools/train_net.py.
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from instseg.engine import Trainer, build_config, register_coco_datasets
+from instseg.checkpoint import Checkpointer
+from instseg.data.datasets import register_coco_datasets
+from instseg.distributed import init_torchrun_process_group, launched_by_torchrun
+from instseg.engine import Trainer, build_config
 
 
 def main(args):
     register_coco_datasets(args.register_coco or [])
     cfg = build_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="instseg")
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        Checkpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
@@ -48,11 +54,15 @@ def argument_parser():
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    if launched_by_torchrun():
+        init_torchrun_process_group()
+        main(args)
+    else:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

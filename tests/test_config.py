@@ -1,7 +1,8 @@
 """Config building: clear errors naming the key, file or dataset at fault."""
 import pytest
 
-from instseg.engine import build_config, register_coco_datasets
+from instseg.data.datasets import register_coco_datasets
+from instseg.engine import build_config
 
 SHAPES = "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml"
 

@@ -1,37 +1,14 @@
 """End to end through the user entry points: train_net.py (train, checkpoint, --resume, --eval-only),
 DefaultPredictor on the saved checkpoint, and demo.py pictures. A few iterations at 128 px."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import CONFIGS, TINY, run
 
 from instseg.engine import build_config
 
 pytestmark = pytest.mark.slow
-
-CONFIGS = [
-    "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
-    "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml",
-    "configs/BlendMask/R_18_shapes.yaml",
-    "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml",
-]
-TINY = [
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)",
-    "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
-]
-
-
-def run(script, *args):
-    proc = subprocess.run(
-        [sys.executable, script, *args], capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: c.split("/")[1])
 def trained(request, tmp_path_factory):

@@ -1,0 +1,23 @@
+"""What several test files share: the method configs and a few-iteration, 128 px schedule."""
+import subprocess
+import sys
+
+CONFIGS = [
+    "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
+    "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml",
+    "configs/BlendMask/R_18_shapes.yaml",
+    "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml",
+]
+TINY = [
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)",
+    "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+]
+
+
+def run(*command, timeout=600):
+    """Run a python script (or `-m module`) of this repo; returns its output, asserting success."""
+    proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
