@@ -1,8 +1,14 @@
-// Blender CPU kernels, in parallel over boxes. Backward accumulates the bases' gradient in one
-// buffer per thread (boxes of one image share base planes), summed at the end.
+// Blender CPU kernels, in parallel over boxes; each box is computed as whole R x R planes (crops,
+// softmax weights, mask) so that the softmax vectorizes. Backward recomputes a box's planes and
+// accumulates the bases' gradient in one buffer per thread (boxes of one image share base planes),
+// summed at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "../roi_align/roi_samples_cpu.h"
 #include "blend_checks.h"
@@ -39,17 +45,121 @@ BoxSamples<T> sample_boxes(const T* rois, int64_t num_boxes, int64_t batch_size,
   return s;
 }
 
+// exp for the softmax: float uses a branch-free 2^n * e^r (|r| <= ln2 / 2, degree-6 Taylor
+// polynomial, relative error < 2e-7) that the compiler vectorizes over a plane; double keeps std::exp.
+inline float softmax_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;  // x <= 0 here (logit - max); below -87 the weight is ~0 anyway; NaN stays NaN
+  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504f + round_magic) - round_magic;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;  // ln2 split in two for precision
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return p * two_n;
+}
+
+inline double softmax_exp(double x) {
+  return std::exp(x);
+}
+
+// The blend of one box as R x R planes (index y * R + x): crop[k], the RoIAlign of base k;
+// weight[k], the softmax over k of the resized attention logits; mask = sum_k weight[k] * crop[k].
+// `rows` is scratch for the separable attention resize: A rows resized to R columns.
 template <typename T>
-BlendPixel<T> pixel(const RoISamples<T>& r, const BoxSamples<T>& s, int y, int x, const T* base, const T* attn, const BlendGeometry<T>& g) {
+struct BoxPlanes {
+  std::vector<T> crop, weight, mask, total, rows;
+  explicit BoxPlanes(const BlendGeometry<T>& g)
+      : crop(g.num_bases * g.output_size * g.output_size),
+        weight(g.num_bases * g.output_size * g.output_size),
+        mask(g.output_size * g.output_size),
+        total(g.output_size * g.output_size),
+        rows(g.attn_size * g.output_size) {}
+};
+
+template <typename T>
+void blend_box(const RoISamples<T>& r, const BoxSamples<T>& s, const T* base, const T* attn, const BlendGeometry<T>& g, BoxPlanes<T>& out) {
+  const int R = g.output_size;
+  const int64_t n = int64_t(R) * R;
   const int64_t plane = g.height * g.width;
   const int64_t attn_plane = g.attn_size * g.attn_size;
   const int grid_h = r.bins.grid_h > 0 ? r.bins.grid_h : 0;
   const int grid_w = r.bins.grid_w > 0 ? r.bins.grid_w : 0;
-  return blend_pixel<T>(
-      grid_h, grid_w, r.bins.count, [&](int iy) { return r.ys[y * grid_h + iy]; },
-      [&](int ix) { return r.xs[x * grid_w + ix]; }, s.resize[y], s.resize[x], g.num_bases,
-      [&](int k, int yy, int xx) { return base[k * plane + yy * g.width + xx]; },
-      [&](int k, int yy, int xx) { return attn[k * attn_plane + yy * g.attn_size + xx]; });
+  for (int64_t k = 0; k < g.num_bases; ++k) {
+    const T* b = base + k * plane;
+    T* crop = out.crop.data() + k * n;
+    for (int y = 0; y < R; ++y) {
+      for (int x = 0; x < R; ++x) {
+        T sum = T(0);
+        for (int iy = 0; iy < grid_h; ++iy) {
+          const AxisSample<T>& sy = r.ys[y * grid_h + iy];
+          for (int ix = 0; ix < grid_w; ++ix) {
+            const AxisSample<T>& sx = r.xs[x * grid_w + ix];
+            sum += sy.w_low * (sx.w_low * b[sy.low * g.width + sx.low] + sx.w_high * b[sy.low * g.width + sx.high]) +
+                sy.w_high * (sx.w_low * b[sy.high * g.width + sx.low] + sx.w_high * b[sy.high * g.width + sx.high]);
+          }
+        }
+        crop[y * R + x] = sum / r.bins.count;
+      }
+    }
+    // attention resize, separably: along x into `rows` (A x R), then along y (vectorizes over x)
+    const T* a = attn + k * attn_plane;
+    T* rows = out.rows.data();
+    for (int row = 0; row < g.attn_size; ++row) {
+      for (int x = 0; x < R; ++x) {
+        const AxisSample<T>& ax = s.resize[x];
+        rows[row * R + x] = ax.w_low * a[row * g.attn_size + ax.low] + ax.w_high * a[row * g.attn_size + ax.high];
+      }
+    }
+    T* logit = out.weight.data() + k * n;
+    for (int y = 0; y < R; ++y) {
+      const AxisSample<T>& ay = s.resize[y];
+      const T* low = rows + ay.low * R;
+      const T* high = rows + ay.high * R;
+      for (int x = 0; x < R; ++x) {
+        logit[y * R + x] = ay.w_low * low[x] + ay.w_high * high[x];
+      }
+    }
+  }
+  // softmax over k, plane by plane so that the loops vectorize; mask first holds the max logit
+  T* mask = out.mask.data();
+  T* weight = out.weight.data();
+  const T* crop = out.crop.data();
+  std::copy(weight, weight + n, mask);
+  for (int64_t k = 1; k < g.num_bases; ++k) {
+    for (int64_t i = 0; i < n; ++i) {
+      mask[i] = weight[k * n + i] > mask[i] ? weight[k * n + i] : mask[i];
+    }
+  }
+  for (int64_t k = 0; k < g.num_bases; ++k) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      weight[k * n + i] = softmax_exp(weight[k * n + i] - mask[i]);
+    }
+  }
+  T* inv_total = out.total.data();
+  std::copy(weight, weight + n, inv_total);
+  for (int64_t k = 1; k < g.num_bases; ++k) {
+    for (int64_t i = 0; i < n; ++i) {
+      inv_total[i] += weight[k * n + i];
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    inv_total[i] = T(1) / inv_total[i];
+  }
+  std::fill(mask, mask + n, T(0));
+  for (int64_t k = 0; k < g.num_bases; ++k) {
+    for (int64_t i = 0; i < n; ++i) {
+      weight[k * n + i] *= inv_total[i];
+      mask[i] += weight[k * n + i] * crop[k * n + i];
+    }
+  }
 }
 
 template <typename T>
@@ -88,16 +198,11 @@ at::Tensor blend_forward_cpu(
     const int64_t base_image = g.num_bases * g.height * g.width;
     const BoxSamples<T> samples = sample_boxes(roi_data, num_boxes, bases.size(0), g);
     at::parallel_for(0, num_boxes, 1, [&](int64_t begin, int64_t end) {
+      BoxPlanes<T> planes(g);
       for (int64_t p = begin; p < end; ++p) {
         const RoISamples<T>& r = samples.rois[p];
-        const T* base = base_data + r.bins.batch * base_image;
-        const T* attn = attn_data + p * attn_box;
-        T* mask = out + p * output_size * output_size;
-        for (int y = 0; y < output_size; ++y) {
-          for (int x = 0; x < output_size; ++x) {
-            mask[y * output_size + x] = pixel(r, samples, y, x, base, attn, g).mask;
-          }
-        }
+        blend_box(r, samples, base_data + r.bins.batch * base_image, attn_data + p * attn_box, g, planes);
+        std::copy(planes.mask.begin(), planes.mask.end(), out + p * output_size * output_size);
       }
     });
   });
@@ -145,40 +250,58 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
     const int64_t plane = g.height * g.width;
     const int64_t base_image = g.num_bases * plane;
     const BoxSamples<T> samples = sample_boxes(roi_data, num_boxes, bases.size(0), g);
+    const int64_t n = output_size * output_size;
     at::parallel_for(0, num_boxes, 1, [&](int64_t begin, int64_t end) {
       T* grad_base_all = grad_base_buffers + at::get_thread_num() * bases.numel();
+      BoxPlanes<T> planes(g);
       for (int64_t p = begin; p < end; ++p) {
         const RoISamples<T>& r = samples.rois[p];
         const int grid_h = r.bins.grid_h > 0 ? r.bins.grid_h : 0;
         const int grid_w = r.bins.grid_w > 0 ? r.bins.grid_w : 0;
         const T* base = base_data + r.bins.batch * base_image;
-        const T* attn = attn_data + p * attn_box;
+        blend_box(r, samples, base, attn_data + p * attn_box, g, planes);
+        const T* gout = grad_data + p * n;
         T* grad_base = grad_base_all + r.bins.batch * base_image;
         T* grad_attn = grad_attn_data + p * attn_box;
-        for (int y = 0; y < output_size; ++y) {
-          for (int x = 0; x < output_size; ++x) {
-            const T gout = grad_data[(p * output_size + y) * output_size + x];
-            if (gout == T(0)) {
-              continue;
+        for (int64_t k = 0; k < g.num_bases; ++k) {
+          const T* weight = planes.weight.data() + k * n;
+          const T* crop = planes.crop.data() + k * n;
+          // d mask / d logit_k = s_k (crop_k - mask), taken back through the separable resize:
+          // along y into rows (A x R), then along x into the attention plane
+          T* rows = planes.rows.data();
+          std::fill(rows, rows + g.attn_size * output_size, T(0));
+          for (int y = 0; y < output_size; ++y) {
+            const AxisSample<T>& ay = samples.resize[y];
+            T* low = rows + ay.low * output_size;
+            T* high = rows + ay.high * output_size;
+            for (int x = 0; x < output_size; ++x) {
+              const int64_t i = y * output_size + x;
+              const T ga = gout[i] * weight[i] * (crop[i] - planes.mask[i]);
+              low[x] += ay.w_low * ga;
+              high[x] += ay.w_high * ga;
             }
-            const BlendPixel<T> px = pixel(r, samples, y, x, base, attn, g);
-            for (int k = 0; k < g.num_bases; ++k) {
-              // d mask / d logit_k = s_k (crop_k - mask), spread over the resize taps
-              const T ga = gout * px.weight[k] * (px.crop[k] - px.mask);
-              T* ga_plane = grad_attn + k * attn_plane;
-              ga_plane[px.ay.low * g.attn_size + px.ax.low] += ga * px.ay.w_low * px.ax.w_low;
-              ga_plane[px.ay.low * g.attn_size + px.ax.high] += ga * px.ay.w_low * px.ax.w_high;
-              ga_plane[px.ay.high * g.attn_size + px.ax.low] += ga * px.ay.w_high * px.ax.w_low;
-              ga_plane[px.ay.high * g.attn_size + px.ax.high] += ga * px.ay.w_high * px.ax.w_high;
+          }
+          T* ga_plane = grad_attn + k * attn_plane;
+          for (int row = 0; row < g.attn_size; ++row) {
+            for (int x = 0; x < output_size; ++x) {
+              const AxisSample<T>& ax = samples.resize[x];
+              ga_plane[row * g.attn_size + ax.low] += ax.w_low * rows[row * output_size + x];
+              ga_plane[row * g.attn_size + ax.high] += ax.w_high * rows[row * output_size + x];
             }
-            // d mask / d crop_k = s_k, spread over the RoIAlign samples
-            for (int iy = 0; iy < grid_h; ++iy) {
-              const AxisSample<T>& sy = r.ys[y * grid_h + iy];
-              for (int ix = 0; ix < grid_w; ++ix) {
-                const AxisSample<T>& sx = r.xs[x * grid_w + ix];
-                for (int k = 0; k < g.num_bases; ++k) {
-                  const T gc = gout * px.weight[k] / r.bins.count;
-                  T* gb = grad_base + k * plane;
+          }
+          // d mask / d crop_k = s_k, spread over the RoIAlign samples
+          T* gb = grad_base + k * plane;
+          for (int y = 0; y < output_size; ++y) {
+            for (int x = 0; x < output_size; ++x) {
+              const int64_t i = y * output_size + x;
+              if (gout[i] == T(0)) {
+                continue;
+              }
+              const T gc = gout[i] * weight[i] / r.bins.count;
+              for (int iy = 0; iy < grid_h; ++iy) {
+                const AxisSample<T>& sy = r.ys[y * grid_h + iy];
+                for (int ix = 0; ix < grid_w; ++ix) {
+                  const AxisSample<T>& sx = r.xs[x * grid_w + ix];
                   gb[sy.low * g.width + sx.low] += gc * sy.w_low * sx.w_low;
                   gb[sy.low * g.width + sx.high] += gc * sy.w_low * sx.w_high;
                   gb[sy.high * g.width + sx.low] += gc * sy.w_high * sx.w_low;
