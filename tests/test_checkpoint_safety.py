@@ -35,21 +35,17 @@ def test_model_zoo_pkl_of_numpy_arrays_loads(tmp_path):
     assert torch.equal(model.bias.detach(), torch.ones(3))
 
 
-def test_pkl_that_would_run_code_is_refused(tmp_path):
-    marker = tmp_path / "code_ran"
-    path = tmp_path / "evil.pkl"
+def _pickle(obj, path):
     with open(path, "wb") as f:
-        pickle.dump({"model": {"weight": RunsCode(marker)}, "__author__": "x"}, f)
-    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pkl.*system"):
-        Checkpointer(nn.Linear(2, 3)).load(str(path))
-    assert not marker.exists()
+        pickle.dump(obj, f)
 
 
-def test_pth_that_would_run_code_is_refused(tmp_path):
+@pytest.mark.parametrize("suffix,write", [(".pkl", _pickle), (".pth", torch.save)])
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, suffix, write):
     marker = tmp_path / "code_ran"
-    path = tmp_path / "evil.pth"
-    torch.save({"model": {"weight": RunsCode(marker)}}, path)
-    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth"):
+    path = tmp_path / f"evil{suffix}"
+    write({"model": {"weight": RunsCode(marker)}, "__author__": "x"}, path)
+    with pytest.raises(UnsafeCheckpointError, match=rf"(?s)evil\{suffix}.*system"):  # names what it refused
         Checkpointer(nn.Linear(2, 3)).load(str(path))
     assert not marker.exists()
 
@@ -57,8 +53,7 @@ def test_pth_that_would_run_code_is_refused(tmp_path):
 def test_predictor_refuses_code_in_weights(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pkl"
-    with open(path, "wb") as f:
-        pickle.dump({"model": RunsCode(marker), "__author__": "x"}, f)
+    _pickle({"model": RunsCode(marker), "__author__": "x"}, path)
     cfg = build_config(CONFIGS[0], ["MODEL.WEIGHTS", str(path), "MODEL.DEVICE", "cpu"])
     with pytest.raises(UnsafeCheckpointError):
         Predictor(cfg)
