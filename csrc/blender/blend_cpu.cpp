@@ -89,25 +89,8 @@ void blend_box(const RoISamples<T>& r, const BoxSamples<T>& s, const T* base, co
   const int64_t n = int64_t(R) * R;
   const int64_t plane = g.height * g.width;
   const int64_t attn_plane = g.attn_size * g.attn_size;
-  const int grid_h = r.bins.grid_h > 0 ? r.bins.grid_h : 0;
-  const int grid_w = r.bins.grid_w > 0 ? r.bins.grid_w : 0;
   for (int64_t k = 0; k < g.num_bases; ++k) {
-    const T* b = base + k * plane;
-    T* crop = out.crop.data() + k * n;
-    for (int y = 0; y < R; ++y) {
-      for (int x = 0; x < R; ++x) {
-        T sum = T(0);
-        for (int iy = 0; iy < grid_h; ++iy) {
-          const AxisSample<T>& sy = r.ys[y * grid_h + iy];
-          for (int ix = 0; ix < grid_w; ++ix) {
-            const AxisSample<T>& sx = r.xs[x * grid_w + ix];
-            sum += sy.w_low * (sx.w_low * b[sy.low * g.width + sx.low] + sx.w_high * b[sy.low * g.width + sx.high]) +
-                sy.w_high * (sx.w_low * b[sy.high * g.width + sx.low] + sx.w_high * b[sy.high * g.width + sx.high]);
-          }
-        }
-        crop[y * R + x] = sum / r.bins.count;
-      }
-    }
+    forward_plane(r, base + k * plane, g.width, R, R, out.crop.data() + k * n);
     // attention resize, separably: along x into `rows` (A x R), then along y (vectorizes over x)
     const T* a = attn + k * attn_plane;
     T* rows = out.rows.data();
@@ -254,10 +237,9 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
     at::parallel_for(0, num_boxes, 1, [&](int64_t begin, int64_t end) {
       T* grad_base_all = grad_base_buffers + at::get_thread_num() * bases.numel();
       BoxPlanes<T> planes(g);
+      std::vector<T> grad_crop(n);
       for (int64_t p = begin; p < end; ++p) {
         const RoISamples<T>& r = samples.rois[p];
-        const int grid_h = r.bins.grid_h > 0 ? r.bins.grid_h : 0;
-        const int grid_w = r.bins.grid_w > 0 ? r.bins.grid_w : 0;
         const T* base = base_data + r.bins.batch * base_image;
         blend_box(r, samples, base, attn_data + p * attn_box, g, planes);
         const T* gout = grad_data + p * n;
@@ -289,27 +271,11 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
               ga_plane[row * g.attn_size + ax.high] += ax.w_high * rows[row * output_size + x];
             }
           }
-          // d mask / d crop_k = s_k, spread over the RoIAlign samples
-          T* gb = grad_base + k * plane;
-          for (int y = 0; y < output_size; ++y) {
-            for (int x = 0; x < output_size; ++x) {
-              const int64_t i = y * output_size + x;
-              if (gout[i] == T(0)) {
-                continue;
-              }
-              const T gc = gout[i] * weight[i] / r.bins.count;
-              for (int iy = 0; iy < grid_h; ++iy) {
-                const AxisSample<T>& sy = r.ys[y * grid_h + iy];
-                for (int ix = 0; ix < grid_w; ++ix) {
-                  const AxisSample<T>& sx = r.xs[x * grid_w + ix];
-                  gb[sy.low * g.width + sx.low] += gc * sy.w_low * sx.w_low;
-                  gb[sy.low * g.width + sx.high] += gc * sy.w_low * sx.w_high;
-                  gb[sy.high * g.width + sx.low] += gc * sy.w_high * sx.w_low;
-                  gb[sy.high * g.width + sx.high] += gc * sy.w_high * sx.w_high;
-                }
-              }
-            }
+          // d mask / d crop_k = s_k, taken back through RoIAlign
+          for (int64_t i = 0; i < n; ++i) {
+            grad_crop[i] = gout[i] * weight[i];
           }
+          backward_plane(r, grad_crop.data(), output_size, 1, g.width, output_size, output_size, grad_base + k * plane);
         }
       }
     });
