@@ -246,7 +246,7 @@ def run_accuracy(args):
     return rows
 
 
-def accuracy_table(rows, args):
+def accuracy_table(rows):
     ref = rows[next(iter(ACCURACY_MODELS))]
     lines = [
         f"Measured by `python projects/benchmark.py --accuracy` on {platform.machine()} "
@@ -306,7 +306,7 @@ def main():
     os.makedirs(args.output, exist_ok=True)
     if args.accuracy:
         rows = run_accuracy(args)
-        table = accuracy_table(rows, args)
+        table = accuracy_table(rows)
         plot(rows, os.path.join(args.output, "accuracy.png"))
         name = "accuracy.md"
     else:

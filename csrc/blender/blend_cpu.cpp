@@ -71,15 +71,15 @@ inline double softmax_exp(double x) {
 
 // The blend of one box as R x R planes (index y * R + x): crop[k], the RoIAlign of base k;
 // weight[k], the softmax over k of the resized attention logits; mask = sum_k weight[k] * crop[k].
-// `rows` is scratch for the separable attention resize: A rows resized to R columns.
+// `inv_total` (R x R) and `rows` (A x R, the separable attention resize) are scratch.
 template <typename T>
 struct BoxPlanes {
-  std::vector<T> crop, weight, mask, total, rows;
+  std::vector<T> crop, weight, mask, inv_total, rows;
   explicit BoxPlanes(const BlendGeometry<T>& g)
       : crop(g.num_bases * g.output_size * g.output_size),
         weight(g.num_bases * g.output_size * g.output_size),
         mask(g.output_size * g.output_size),
-        total(g.output_size * g.output_size),
+        inv_total(g.output_size * g.output_size),
         rows(g.attn_size * g.output_size) {}
 };
 
@@ -126,7 +126,7 @@ void blend_box(const RoISamples<T>& r, const BoxSamples<T>& s, const T* base, co
       weight[k * n + i] = softmax_exp(weight[k * n + i] - mask[i]);
     }
   }
-  T* inv_total = out.total.data();
+  T* inv_total = out.inv_total.data();  // the sum over k first, then its inverse
   std::copy(weight, weight + n, inv_total);
   for (int64_t k = 1; k < g.num_bases; ++k) {
     for (int64_t i = 0; i < n; ++i) {
