@@ -129,7 +129,6 @@ def test_detect_decodes_thresholds_and_nms():
         logits=logits,
         box_reg=torch.tensor([[[1.0, 1.0, 2.0, 2.0], [1.25, 1.0, 1.75, 2.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]]),
         ctrness=torch.zeros(1, 4),
-        top_feats=torch.arange(8.0).reshape(1, 4, 2),
         locations=locations,
         strides=torch.tensor([8.0, 8.0, 16.0, 8.0]),
         levels=torch.tensor([0, 0, 1, 0]),
@@ -140,4 +139,4 @@ def test_detect_decodes_thresholds_and_nms():
     assert torch.allclose(det.pred_boxes.tensor[0], torch.tensor([12.0, 12.0, 36.0, 36.0]))
     assert torch.allclose(det.pred_boxes.tensor[1], torch.tensor([92.0, 92.0, 108.0, 108.0]))
     assert torch.allclose(det.scores[0], torch.sqrt(torch.sigmoid(torch.tensor(3.0)) * 0.5))
-    assert det.top_feat.tolist() == [[0.0, 1.0], [4.0, 5.0]]
+    assert not det.has("top_feat")

@@ -20,6 +20,7 @@ from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...layers.conv_at import conv2d_at
 from .head import FCOSHead
 from .targets import assign_locations, centerness_targets, compute_locations, size_ranges
 
@@ -31,11 +32,27 @@ class FCOSPredictions:
     logits: Tensor  # (N, L, K)
     box_reg: Tensor  # (N, L, 4) distances (l, t, r, b) in strides
     ctrness: Tensor  # (N, L)
-    top_feats: Optional[Tensor]  # (N, L, D) or None
     locations: Tensor  # (L, 2) image coordinates (x, y)
     strides: Tensor  # (L,)
     levels: Tensor  # (L,) level index
     ranges: Tensor  # (L, 2) size range of the location's level
+    box_feats: Optional[List[Tensor]] = None  # per level (N, C, Hl, Wl) box-tower outputs, with a top layer
+    top_layer: Optional[nn.Conv2d] = None  # applied to box_feats, only where top_feats_at asks
+
+    def top_feats_at(self, image_inds: Tensor, loc_inds: Tensor) -> Optional[Tensor]:
+        """The top layer's output at locations ``loc_inds`` of images ``image_inds``: (P, D), or
+        None without a top layer. Only these locations are computed (see conv2d_at)."""
+        if self.top_layer is None:
+            return None
+        out = self.box_feats[0].new_empty((len(loc_inds), self.top_layer.out_channels))
+        level_start = 0
+        for level, feat in enumerate(self.box_feats):
+            (sel,) = torch.nonzero(self.levels[loc_inds] == level, as_tuple=True)
+            index = loc_inds[sel] - level_start
+            width = feat.shape[3]
+            out[sel] = conv2d_at(self.top_layer, feat, image_inds[sel], index // width, index % width)
+            level_start += feat.shape[2] * width
+        return out
 
 
 @dataclass
@@ -166,10 +183,11 @@ class FCOS(nn.Module):
             proposals.append(proposal)
         return proposals, losses
 
-    def predict(self, features: Dict[str, Tensor], top_module: Optional[nn.Module] = None) -> FCOSPredictions:
-        """Run the head on the FPN levels; `top_module` as in FCOSHead.forward."""
+    def predict(self, features: Dict[str, Tensor], top_layer: Optional[nn.Conv2d] = None) -> FCOSPredictions:
+        """Run the head on the FPN levels. `top_layer`: a conv on the box-tower output whose result
+        positives and detections carry as top_feats (BlendMask's attentions)."""
         feats = [features[f] for f in self.in_features]
-        logits, box_reg, ctrness, top_feats = self.fcos_head(feats, top_module)
+        logits, box_reg, ctrness, box_feats = self.fcos_head(feats)
         locations, strides, levels, ranges = [], [], [], []
         for level, (x, stride) in enumerate(zip(feats, self.strides)):
             loc = compute_locations(x.shape[2], x.shape[3], stride, x.device)
@@ -181,11 +199,12 @@ class FCOS(nn.Module):
             logits=_flatten(logits),
             box_reg=_flatten(box_reg),
             ctrness=_flatten(ctrness).squeeze(2),
-            top_feats=_flatten(top_feats) if top_feats else None,
             locations=cat(locations),
             strides=cat(strides),
             levels=cat(levels),
             ranges=cat(ranges),
+            box_feats=box_feats if top_layer is not None else None,
+            top_layer=top_layer,
         )
 
     def losses(self, pred: FCOSPredictions, gt_instances: List[Instances]):
@@ -229,7 +248,7 @@ class FCOS(nn.Module):
             image_inds=pos_image,
             gt_inds=gt_inds,
             ctrness_targets=ctr_targets,
-            top_feats=pred.top_feats[pos_image, pos_loc] if pred.top_feats is not None else None,
+            top_feats=pred.top_feats_at(pos_image, pos_loc),
             loss_denorm=loss_denorm,
         )
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, positives
@@ -239,7 +258,7 @@ class FCOS(nn.Module):
         top-k per image.
 
         Returns per image Instances with pred_boxes, scores (sqrt(class score x centerness)),
-        pred_classes, locations, fpn_levels and, with a top module, top_feat (D,).
+        pred_classes, locations, fpn_levels and, with a top layer, top_feat (D,).
         """
         training = self.training
         results = []
@@ -274,7 +293,7 @@ class FCOS(nn.Module):
             result.pred_classes = cls[keep]
             result.locations = xy[keep]
             result.fpn_levels = pred.levels[loc][keep]
-            if pred.top_feats is not None:
-                result.top_feat = pred.top_feats[i, loc[keep]]
+            if pred.top_layer is not None:
+                result.top_feat = pred.top_feats_at(torch.full_like(loc[keep], i), loc[keep])
             results.append(result)
         return results

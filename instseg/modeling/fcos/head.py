@@ -5,7 +5,7 @@ Module and parameter names follow AdelaiDet's FCOS (``cls_tower.{0,3,6,9}`` conv
 and centermask2's load without renaming.
 """
 import math
-from typing import List, Optional
+from typing import List
 
 import torch
 from detectron2.config import configurable
@@ -110,19 +110,17 @@ class FCOSHead(nn.Module):
             "prior_prob": fcos.PRIOR_PROB,
         }
 
-    def forward(self, features: List[Tensor], top_module: Optional[nn.Module] = None):
+    def forward(self, features: List[Tensor]):
         """
         Args:
             features: per level, (N, C, Hl, Wl).
-            top_module: optional module applied to each level's box-tower output (BlendMask's top
-                layer predicts per-location attentions there).
 
         Returns:
             Four lists over levels: class logits (N, K, Hl, Wl); box distances (l, t, r, b) in
             units of the level's stride, >= 0, (N, 4, Hl, Wl); centerness logits (N, 1, Hl, Wl);
-            top-module outputs (N, D, Hl, Wl) (empty list without a top module).
+            box-tower outputs (N, C, Hl, Wl) (BlendMask's top layer predicts attentions from them).
         """
-        logits, box_reg, ctrness, top_feats = [], [], [], []
+        logits, box_reg, ctrness, box_feats = [], [], [], []
         for level, x in enumerate(features):
             x = _run_tower(self.share_tower, x, level)
             cls_feat = _run_tower(self.cls_tower, x, level)
@@ -133,6 +131,5 @@ class FCOSHead(nn.Module):
             if self.scales is not None:
                 reg = self.scales[level](reg)
             box_reg.append(F.relu(reg))
-            if top_module is not None:
-                top_feats.append(top_module(box_feat))
-        return logits, box_reg, ctrness, top_feats
+            box_feats.append(box_feat)
+        return logits, box_reg, ctrness, box_feats

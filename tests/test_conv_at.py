@@ -1,0 +1,54 @@
+"""conv2d_at (a conv evaluated at chosen positions only) and FCOS's top features built on it, against
+the dense conv."""
+import pytest
+import torch
+from torch import nn
+
+from instseg.layers.conv_at import conv2d_at
+from instseg.modeling.fcos import FCOS
+
+from test_fcos import _features, build_fcos
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_conv2d_at_equals_the_dense_conv_and_its_gradients(kernel):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 7, kernel, padding=kernel // 2).double()
+    x = torch.randn(2, 6, 5, 9, dtype=torch.float64, requires_grad=True)
+    # corners and borders (where the zero padding matters), interior points, a repeated position
+    b = torch.tensor([0, 0, 1, 1, 1, 0, 1])
+    ys = torch.tensor([0, 4, 0, 2, 4, 3, 2])
+    xs = torch.tensor([0, 8, 8, 5, 0, 1, 5])
+    sparse = conv2d_at(conv, x, b, ys, xs)
+    dense = conv(x)[b, :, ys, xs]
+    torch.testing.assert_close(sparse, dense)
+    weights = torch.randn_like(dense)
+    grads_sparse = torch.autograd.grad((sparse * weights).sum(), [x, conv.weight, conv.bias])
+    grads_dense = torch.autograd.grad((dense * weights).sum(), [x, conv.weight, conv.bias])
+    for g_sparse, g_dense in zip(grads_sparse, grads_dense):
+        torch.testing.assert_close(g_sparse, g_dense)
+
+
+@pytest.mark.parametrize(
+    "conv", [nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3, padding=1, stride=2), nn.Conv2d(2, 2, 3, padding=2, dilation=2)]
+)
+def test_conv2d_at_rejects_convs_it_does_not_compute(conv):
+    with pytest.raises(ValueError, match="stride-1 'same' convs"):
+        conv2d_at(conv, torch.zeros(1, 2, 4, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+def test_fcos_top_feats_at_any_location_equal_the_dense_top_layer():
+    torch.manual_seed(0)
+    fcos: FCOS = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
+    top_layer = nn.Conv2d(32, 5, 3, padding=1)
+    features = _features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
+    pred = fcos.predict(features, top_layer)
+    dense = torch.cat(
+        [top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_feats], dim=1
+    )  # (N, L, D) in FCOS's location order
+    num_locations = dense.shape[1]
+    image_inds = torch.tensor([0, 1, 1, 0, 1, 0])
+    loc_inds = torch.tensor([0, num_locations - 1, 256 + 15, 256 + 63, 320 + 5, 336 + 2])
+    assert pred.levels[loc_inds].tolist() == [0, 4, 1, 1, 2, 3]
+    torch.testing.assert_close(pred.top_feats_at(image_inds, loc_inds), dense[image_inds, loc_inds])
+    assert fcos.predict(features).top_feats_at(image_inds, loc_inds) is None
