@@ -14,7 +14,8 @@ backbones use GroupNorm here (the same change for every model).
 
 Accuracy mode (--accuracy): trains every *_shapes config on the embedded dataset with its (equal)
 schedule through projects/train_net.py and collects mask, Boundary and box AP and the trained model's
-inference time per image (detectron2's evaluator measures it).
+inference time per image (detectron2's evaluator measures it). --accuracy-models retrains only some
+of them (after a change to one method, say); the others' rows are read from their runs in --output.
 
 Writes a markdown table to --output (speed_<device>.md; with --accuracy accuracy.md and
 accuracy.png, the speed-vs-accuracy plot).
@@ -22,6 +23,7 @@ accuracy.png, the speed-vs-accuracy plot).
     python projects/benchmark.py                          # CPU latency etc., all models
     python projects/benchmark.py --device cuda --repeats 50
     python projects/benchmark.py --accuracy               # trains the *_shapes configs (long)
+    python projects/benchmark.py --accuracy --accuracy-models "BlendMask R18"
 """
 import argparse
 import copy
@@ -230,17 +232,28 @@ def _inference_seconds_per_image(output_dir):
     return float(times[-1])
 
 
+def _log_minutes(output_dir):
+    """Minutes from the first to the last line of a run's log.txt (training + evaluation)."""
+    with open(os.path.join(output_dir, "log.txt")) as f:
+        stamps = re.findall(r"^\[(\d\d/\d\d \d\d:\d\d:\d\d)\]", f.read(), flags=re.M)
+    first, last = (time.strptime(s, "%m/%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
+    return (time.mktime(last) - time.mktime(first)) / 60
+
+
 def run_accuracy(args):
-    """Train and evaluate every *_shapes config, one after the other, each with its own schedule
-    (all equal: 400 iterations of 4 images)."""
+    """Train and evaluate the *_shapes configs named by --accuracy-models, one after the other, each
+    with its own schedule (all equal: 400 iterations of 4 images). The other models' rows come from
+    their finished runs in --output."""
     rows = {}
     for name, config in ACCURACY_MODELS.items():
         out = os.path.join(args.output, "accuracy", os.path.splitext(os.path.basename(config))[0])
-        start = time.time()
-        subprocess.run([sys.executable, "projects/train_net.py", "--config-file", config, "OUTPUT_DIR", out], check=True)
+        if name in args.accuracy_models:
+            subprocess.run([sys.executable, "projects/train_net.py", "--config-file", config, "OUTPUT_DIR", out], check=True)
+        elif not os.path.exists(os.path.join(out, "metrics.json")):
+            raise FileNotFoundError(f"no finished run of {name} in {out}: add it to --accuracy-models")
         rows[name] = dict(
             _last_metrics(out),
-            train_minutes=(time.time() - start) / 60,
+            train_minutes=_log_minutes(out),
             inference_ms=_inference_seconds_per_image(out) * 1e3,
         )
     return rows
@@ -297,6 +310,10 @@ def main():
     parser.add_argument("--train-iters", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=list(SPEED_MODELS))
     parser.add_argument("--accuracy", action="store_true", help="train the *_shapes configs instead")
+    parser.add_argument(
+        "--accuracy-models", nargs="+", default=list(ACCURACY_MODELS), choices=list(ACCURACY_MODELS),
+        help="with --accuracy: the models to (re)train; the others are read from their runs in --output",
+    )
     parser.add_argument("--output", default="output/benchmark")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()

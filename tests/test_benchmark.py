@@ -1,5 +1,5 @@
 """The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/") and
-reading detectron2's per-image inference time from a training log."""
+reading detectron2's per-image inference time and the run time from a training log."""
 import os
 import sys
 
@@ -34,3 +34,13 @@ def test_inference_time_is_read_from_the_log(tmp_path):
         "[d2.evaluation.evaluator]: Total inference pure compute time: 0:00:01 (0.031250 s / iter per device, on 1 devices)\n"
     )
     assert benchmark._inference_seconds_per_image(str(tmp_path)) == 0.03125  # the last evaluation
+
+
+def test_run_minutes_are_read_from_the_log_timestamps(tmp_path):
+    (tmp_path / "log.txt").write_text(
+        "[11/21 09:37:25] d2.engine.defaults INFO: Model:\n"
+        "  a continuation line without a timestamp\n"
+        "[11/21 09:40:00] d2.utils.events INFO:  iter: 19\n"
+        "[11/21 09:47:34] d2.evaluation.testing INFO: copypaste: Task: segm\n"
+    )
+    assert abs(benchmark._log_minutes(str(tmp_path)) - (10 + 9 / 60)) < 1e-9
