@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -248,6 +249,7 @@ def run_accuracy(args):
     for name, config in ACCURACY_MODELS.items():
         out = os.path.join(args.output, "accuracy", os.path.splitext(os.path.basename(config))[0])
         if name in args.accuracy_models:
+            shutil.rmtree(out, ignore_errors=True)  # a fresh run: detectron2 appends to log.txt and metrics.json
             subprocess.run([sys.executable, "projects/train_net.py", "--config-file", config, "OUTPUT_DIR", out], check=True)
         elif not os.path.exists(os.path.join(out, "metrics.json")):
             raise FileNotFoundError(f"no finished run of {name} in {out}: add it to --accuracy-models")
