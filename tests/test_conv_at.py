@@ -1,11 +1,13 @@
-"""conv2d_at (a conv evaluated at chosen positions only) and FCOS's top features built on it, against
-the dense conv."""
+"""conv2d_at (a conv evaluated at chosen positions only) and FCOS's top features built on it (at any
+location, at the positives of the losses, at the detections), against the dense conv."""
 import pytest
 import torch
+from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from instseg.layers.conv_at import conv2d_at
 from instseg.modeling.fcos import FCOS
+from instseg.modeling.fcos.targets import assign_locations
 
 from test_fcos import _features, build_fcos
 
@@ -52,3 +54,34 @@ def test_fcos_top_feats_at_any_location_equal_the_dense_top_layer():
     assert pred.levels[loc_inds].tolist() == [0, 4, 1, 1, 2, 3]
     torch.testing.assert_close(pred.top_feats_at(image_inds, loc_inds), dense[image_inds, loc_inds])
     assert fcos.predict(features).top_feats_at(image_inds, loc_inds) is None
+
+
+def test_fcos_positives_and_detections_carry_the_dense_top_layer_at_their_locations():
+    torch.manual_seed(0)
+    fcos: FCOS = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0)
+    top_layer = nn.Conv2d(32, 5, 3, padding=1)
+    pred = fcos.predict(_features(fcos), top_layer)
+    dense = torch.cat([top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_feats], dim=1)
+    gt = []
+    for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):
+        inst = Instances((128, 128))
+        inst.gt_boxes = Boxes(torch.tensor(boxes))
+        inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+        gt.append(inst)
+    _, positives = fcos.losses(pred, gt)
+    assert len(positives.image_inds) > 0 and set(positives.image_inds.tolist()) == {0, 1}
+    labels = torch.stack([
+        assign_locations(pred.locations, pred.strides, pred.ranges, g.gt_boxes.tensor, g.gt_classes, 3, 1.5).labels
+        for g in gt
+    ])
+    pos_image, pos_loc = torch.nonzero(labels != 3, as_tuple=True)
+    torch.testing.assert_close(positives.top_feats, dense[pos_image, pos_loc])
+
+    detections = fcos.detect(pred, [(128, 128)] * 2)
+    for i, det in enumerate(detections):
+        assert len(det) > 0
+        # a detection's flat location index: same centre, same level
+        same = (pred.locations[None] == det.locations[:, None]).all(dim=2) & (pred.levels[None] == det.fpn_levels[:, None])
+        loc = same.int().argmax(dim=1)
+        assert same.sum(dim=1).tolist() == [1] * len(det)
+        torch.testing.assert_close(det.top_feat, dense[i, loc])

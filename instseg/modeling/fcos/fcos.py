@@ -45,9 +45,10 @@ class FCOSPredictions:
         if self.top_layer is None:
             return None
         out = self.box_feats[0].new_empty((len(loc_inds), self.top_layer.out_channels))
+        levels = self.levels[loc_inds]
         level_start = 0
         for level, feat in enumerate(self.box_feats):
-            (sel,) = torch.nonzero(self.levels[loc_inds] == level, as_tuple=True)
+            (sel,) = torch.nonzero(levels == level, as_tuple=True)
             index = loc_inds[sel] - level_start
             width = feat.shape[3]
             out[sel] = conv2d_at(self.top_layer, feat, image_inds[sel], index // width, index % width)
