@@ -26,17 +26,22 @@ def _init_predictor(conv: nn.Conv2d) -> None:
     nn.init.constant_(conv.bias, 0)
 
 
-def _pick(logits: Tensor, labels: Tensor) -> Tensor:
-    """(M, K, S, S) -> (M, S, S): each RoI's class (K = 1: class-agnostic)."""
-    if logits.shape[1] == 1:
-        return logits[:, 0]
-    return logits[torch.arange(len(labels), device=logits.device), labels]
+def _class_logits(classifier: nn.Conv2d, x: Tensor, labels: Tensor) -> Tensor:
+    """(M, C, S, S) -> (M, S, S): the 1x1 classifier evaluated for each RoI's own class only (its
+    single channel when class-agnostic), not for all K classes."""
+    k = labels if classifier.out_channels > 1 else torch.zeros_like(labels)
+    weight = classifier.weight[k, :, 0, 0]  # (M, C)
+    return torch.einsum("mchw,mc->mhw", x, weight) + classifier.bias[k][:, None, None]
+
+
+def _upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class SFMStage(nn.Module):
     """One refinement stage at size S: predicts this stage's mask, fuses the instance features with
     RoI crops of the semantic features and foreground mask (1x1 reduce, three parallel dilated 3x3
-    convs, 1x1 merge), halves the channels and upsamples 2x for the next stage."""
+    convs, 1x1 merge) and halves the channels; the head upsamples them 2x for the next stage."""
 
     def __init__(self, channels: int, semantic_channels: int, size: int, num_classes: int, dilations, roi_align_impl: str):
         super().__init__()
@@ -63,17 +68,16 @@ class SFMStage(nn.Module):
             boxes: per image, the RoIs; labels: (M,) their classes.
 
         Returns:
-            this stage's mask logits (M, S, S) and the next stage's features (M, C/2, 2S, 2S).
+            this stage's mask logits (M, S, S) and the next stage's features before upsampling (M, C/2, S, S).
         """
-        logits = _pick(self.instance_logits(x), labels)
+        logits = _class_logits(self.instance_logits, x, labels)
         sem = F.relu(self.semantic_transform_out(F.relu(self.pooler([F.relu(self.semantic_transform_in(semantic_feat))], boxes))))
         sem_mask = self.pooler([semantic_logits.sigmoid()], boxes)
         masks = torch.stack([logits.sigmoid(), sem_mask[:, 0]], dim=1)
         y = F.relu(self.reduce(cat([x, sem, masks], dim=1)))
         y = F.relu(self.merge(sum(conv(y) for conv in self.dilated_convs)))
         y = F.relu(self.fuse_transform_out(y))
-        y = F.interpolate(cat([y, masks], dim=1), scale_factor=2, mode="bilinear", align_corners=False)
-        return logits, y
+        return logits, cat([y, masks], dim=1)
 
 
 class RefineMaskHead(nn.Module):
@@ -151,10 +155,15 @@ class RefineMaskHead(nn.Module):
         for conv in self.instance_convs:
             x = conv(x)
         stage_logits = []
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = _upsample2x(x)
             logits, x = stage(x, semantic_feat, semantic_logits, boxes, labels)
             stage_logits.append(logits)
-        stage_logits.append(_pick(self.final_instance_logits(x), labels))
+        # The last 1x1 classifier commutes with the bilinear 2x upsampling (both are linear and the
+        # interpolation weights sum to 1): classify at S and upsample one channel, not C/2 of them.
+        last = _class_logits(self.final_instance_logits, x, labels)
+        stage_logits.append(_upsample2x(last[:, None])[:, 0])
         return stage_logits
 
     def losses(self, stage_logits: List[Tensor], instances: List[Instances]) -> Tensor:

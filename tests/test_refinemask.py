@@ -69,7 +69,37 @@ def test_sfm_stage_shapes():
     stage = SFMStage(64, 128, 14, 3, [1, 3, 5], "instseg")
     boxes = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 4.0, 60.0, 40.0]]))]
     logits, out = stage(torch.randn(2, 64, 14, 14), torch.randn(1, 128, 16, 16), torch.randn(1, 1, 16, 16), boxes, torch.tensor([0, 2]))
-    assert logits.shape == (2, 14, 14) and out.shape == (2, 32, 28, 28)
+    assert logits.shape == (2, 14, 14) and out.shape == (2, 32, 14, 14)
+
+
+@pytest.mark.parametrize("class_agnostic_last_stage", [False, True])
+def test_head_classifies_only_the_rois_classes_and_before_the_last_upsampling(class_agnostic_last_stage):
+    """The head evaluates each 1x1 classifier for the RoI's class only, and the last one before the 2x
+    upsampling; compare with the plain composition: all K classes, then pick; upsample, then classify."""
+    cfg = build_config(SHAPES, ["MODEL.REFINEMASK.CLASS_AGNOSTIC_LAST_STAGE", str(class_agnostic_last_stage)])
+    head = build_model(cfg).roi_heads.mask_head.double()
+    for p in head.parameters():  # away from the near-zero predictor init, so that a wrong class shows
+        torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    c = cfg.MODEL.REFINEMASK.CONV_DIM
+    rois = torch.randn(3, c, 14, 14, generator=g, dtype=torch.float64)
+    semantic = torch.randn(1, c, 16, 16, generator=g, dtype=torch.float64), torch.randn(1, 1, 16, 16, generator=g, dtype=torch.float64)
+    boxes = [Boxes(torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 6.0, 60.0, 62.0], [5.0, 20.0, 30.0, 50.0]]))]
+    labels = torch.tensor([2, 0, 1])
+    last_stage_features = []
+    head.stages[-1].register_forward_hook(lambda module, args, out: last_stage_features.append(out[1]))
+    with torch.no_grad():
+        stage_logits = head(rois, *semantic, boxes, labels)
+        x = rois
+        for conv in head.instance_convs:
+            x = conv(x)
+        first = head.stages[0].instance_logits(x)
+        upsampled = torch.nn.functional.interpolate(last_stage_features[0], scale_factor=2, mode="bilinear", align_corners=False)
+        last = head.final_instance_logits(upsampled)
+    pick = torch.zeros_like(labels) if class_agnostic_last_stage else labels
+    assert torch.allclose(stage_logits[0], first[torch.arange(3), labels], atol=1e-10)
+    assert torch.allclose(stage_logits[-1], last[torch.arange(3), pick], atol=1e-10)
+    assert [x.shape[-1] for x in stage_logits] == [14, 28, 56, 112]
 
 
 def test_loss_masks_later_stages_to_the_boundary_region():
