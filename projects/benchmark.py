@@ -4,7 +4,8 @@ Speed mode (default), per model on the same inputs: parameters, FLOPs (fvcore's 
 detectron2.utils.analysis), inference latency (warm-up, then median and p90), peak memory of one
 inference (growth of the peak RSS on CPU, torch.cuda.max_memory_allocated on GPU), and training
 iteration time (forward + backward + SGD step on a synthetic batch of 2 images); each also as a ratio
-to Mask R-CNN. Every model runs in its own subprocess so that peaks do not mix.
+to Mask R-CNN. A second table splits one inference's time by part (backbone, proposal generator, RoI
+heads and their box, mask and semantic heads). Every model runs in its own subprocess so that peaks do not mix.
 
 Models are randomly initialised (no weights can be downloaded here). So that every model runs its full
 mask branch, score thresholds are set to 0: each outputs its maximum number of detections (100; 50 for
@@ -113,6 +114,37 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _main_parts(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.Module]":
+    """The model's children and, for two-stage models, the RoI heads' children (the mask and
+    semantic heads that tell the methods apart)."""
+    parts = OrderedDict(model.named_children())
+    if "roi_heads" in parts:
+        parts.update((f"roi_heads.{n}", m) for n, m in parts["roi_heads"].named_children())
+    return parts
+
+
+def time_parts(model: torch.nn.Module, run, device: str = "cpu") -> "OrderedDict[str, float]":
+    """Seconds spent in each of `_main_parts(model)` during one call of `run` (forward hooks; a part
+    called several times is summed, roi_heads includes its own parts). Parts not called are left out."""
+    seconds, handles = OrderedDict(), []
+    for name, module in _main_parts(model).items():
+        def enter(module, args, name=name):
+            _sync(device)
+            seconds[name] = seconds.get(name, 0.0) - time.perf_counter()
+
+        def leave(module, args, output, name=name):
+            _sync(device)
+            seconds[name] += time.perf_counter()
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seconds
+
+
 def measure_one(name, args):
     """Runs in a subprocess: every measurement of one model; returns a dict."""
     from detectron2.modeling import build_model
@@ -139,6 +171,7 @@ def measure_one(name, args):
             _sync(args.device)
             times.append(time.perf_counter() - start)
         result["detections"] = len(outputs[0]["instances"])
+        result["parts"] = time_parts(model, lambda: model(inputs), args.device)  # after, not in, the timed runs
         result["peak_memory"] = peak_memory_of(lambda: model(inputs), args.device)
         try:
             flops = FlopCountAnalysis(_ImageToBoxes(_slash_free(model), size), (inputs[0]["image"],))
@@ -198,7 +231,27 @@ def speed_table(results, args):
             f"{r['train_iter']:.2f} | {_ratio_of(r, ref, 'train_iter')} |"
         )
     notes = [f"- {name}: FLOPs not counted ({r['flops_error']})" for name, r in results.items() if "flops_error" in r]
-    return "\n".join(lines + ([""] + notes if notes else []) + ["", vovnet_param_table()])
+    return "\n".join(lines + ([""] + notes if notes else []) + ["", parts_table(results, ref), "", vovnet_param_table()])
+
+
+def parts_table(results, ref):
+    """Where each model's inference time goes (one extra inference with hooks), as a share of Mask
+    R-CNN's whole latency: which part makes a model slower or faster than the reference."""
+    lines = [
+        "Where the time of one inference goes (ms; in brackets, as a share of Mask R-CNN's median latency; "
+        "roi_heads includes the parts listed after it, parts under 1% of the model's time are left out):",
+        "",
+        "| model | parts |",
+        "|---|---|",
+    ]
+    for name, r in results.items():
+        total = sum(t for part, t in r["parts"].items() if "." not in part)
+        cells = [
+            f"{part} {t * 1e3:.0f}" + (f" ({t / ref['latency_median']:.2f}x)" if ref else "")
+            for part, t in r["parts"].items() if t >= 0.01 * total
+        ]
+        lines.append(f"| {name} | {' · '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def vovnet_param_table():

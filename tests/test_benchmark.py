@@ -1,7 +1,9 @@
-"""The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/") and
-reading detectron2's per-image inference time and the run time from a training log."""
+"""The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/"), the
+time split by model part, and reading detectron2's per-image inference time and the run time from a
+training log."""
 import os
 import sys
+import time
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -44,3 +46,29 @@ def test_run_minutes_are_read_from_the_log_timestamps(tmp_path):
         "[11/21 09:47:34] d2.evaluation.testing INFO: copypaste: Task: segm\n"
     )
     assert abs(benchmark._log_minutes(str(tmp_path)) - (10 + 9 / 60)) < 1e-9
+
+
+class _Sleeps(torch.nn.Module):
+    def __init__(self, seconds, **children):
+        super().__init__()
+        self.seconds = seconds
+        for name, child in children.items():
+            self.add_module(name, child)
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        for child in self.children():
+            x = child(x)
+        return x
+
+
+def test_time_parts_splits_one_call_by_part_and_removes_its_hooks():
+    roi_heads = _Sleeps(0.0, box_head=_Sleeps(0.05), mask_head=_Sleeps(0.1))
+    model = _Sleeps(0.0, backbone=_Sleeps(0.2), roi_heads=roi_heads, unused=_Sleeps(0.0))  # unused: not called
+    seconds = benchmark.time_parts(model, lambda: [model.backbone(1), roi_heads(1), roi_heads.mask_head(1)])
+    assert list(seconds) == ["backbone", "roi_heads", "roi_heads.box_head", "roi_heads.mask_head"]
+    assert 0.2 <= seconds["backbone"] < 0.3
+    assert 0.05 <= seconds["roi_heads.box_head"] < 0.1
+    assert 0.2 <= seconds["roi_heads.mask_head"] < 0.3  # called twice: summed
+    assert seconds["roi_heads"] >= seconds["roi_heads.box_head"] + 0.1  # includes its parts
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
