@@ -5,7 +5,9 @@ detectron2.utils.analysis), inference latency (warm-up, then median and p90), pe
 inference (growth of the peak RSS on CPU, torch.cuda.max_memory_allocated on GPU), and training
 iteration time (forward + backward + SGD step on a synthetic batch of 2 images); each also as a ratio
 to Mask R-CNN. A second table splits one inference's time by part (backbone, proposal generator, RoI
-heads and their box, mask and semantic heads). Every model runs in its own subprocess so that peaks do not mix.
+heads and their box, mask and semantic heads). Every model runs in its own subprocesses so that
+peaks do not mix: one measures the times, another the memory (with glibc returning freed memory to
+the system at once, which slows allocation and so would skew the times).
 
 Models are randomly initialised (no weights can be downloaded here). So that every model runs its full
 mask branch, score thresholds are set to 0: each outputs its maximum number of detections (100; 50 for
@@ -125,7 +127,9 @@ def _main_parts(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.Module]":
 
 def time_parts(model: torch.nn.Module, run, device: str = "cpu") -> "OrderedDict[str, float]":
     """Seconds spent in each of `_main_parts(model)` during one call of `run` (forward hooks; a part
-    called several times is summed, roi_heads includes its own parts). Parts not called are left out."""
+    called several times is summed, roi_heads includes its own parts; parts not called are left out),
+    and under "rest" the time outside the model's children: pre- and post-processing, and children
+    called through methods other than forward (BlendMask's FCOS.detect and Blender.predict)."""
     seconds, handles = OrderedDict(), []
     for name, module in _main_parts(model).items():
         def enter(module, args, name=name):
@@ -137,11 +141,14 @@ def time_parts(model: torch.nn.Module, run, device: str = "cpu") -> "OrderedDict
             seconds[name] += time.perf_counter()
 
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    start = time.perf_counter()
     try:
         run()
     finally:
         for handle in handles:
             handle.remove()
+    _sync(device)
+    seconds["rest"] = time.perf_counter() - start - sum(t for name, t in seconds.items() if "." not in name)
     return seconds
 
 
@@ -159,10 +166,12 @@ def measure_one(name, args):
     cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device])
     model = build_model(cfg).eval()
     inputs = _synthetic_batch(size, args.device, with_targets=False)
-    result = {"params": sum(p.numel() for p in model.parameters())}
     with torch.no_grad():
         for _ in range(args.warmup):
             model(inputs)
+        if args.memory_only:
+            return {"peak_memory": peak_memory_of(lambda: model(inputs), args.device)}
+        result = {"params": sum(p.numel() for p in model.parameters())}
         times = []
         for _ in range(args.repeats):
             _sync(args.device)
@@ -172,7 +181,6 @@ def measure_one(name, args):
             times.append(time.perf_counter() - start)
         result["detections"] = len(outputs[0]["instances"])
         result["parts"] = time_parts(model, lambda: model(inputs), args.device)  # after, not in, the timed runs
-        result["peak_memory"] = peak_memory_of(lambda: model(inputs), args.device)
         try:
             flops = FlopCountAnalysis(_ImageToBoxes(_slash_free(model), size), (inputs[0]["image"],))
             result["flops"] = flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total()
@@ -239,13 +247,14 @@ def parts_table(results, ref):
     R-CNN's whole latency: which part makes a model slower or faster than the reference."""
     lines = [
         "Where the time of one inference goes (ms; in brackets, as a share of Mask R-CNN's median latency; "
-        "roi_heads includes the parts listed after it, parts under 1% of the model's time are left out):",
+        "roi_heads includes the parts listed after it, rest is the time outside the model's children's forward, "
+        "parts under 1% of the model's time are left out):",
         "",
         "| model | parts |",
         "|---|---|",
     ]
     for name, r in results.items():
-        total = sum(t for part, t in r["parts"].items() if "." not in part)
+        total = sum(t for part, t in r["parts"].items() if "." not in part)  # rest included
         cells = [
             f"{part} {t * 1e3:.0f}" + (f" ({t / ref['latency_median']:.2f}x)" if ref else "")
             for part, t in r["parts"].items() if t >= 0.01 * total
@@ -356,6 +365,16 @@ def plot(accuracy, path):
     fig.savefig(path, dpi=120)
 
 
+def _measure_in_subprocess(model, args, extra_args, env):
+    cmd = [sys.executable, __file__, "--one", model, *extra_args] + [
+        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("device", "threads", "warmup", "repeats", "train_iters")
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{model} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -371,6 +390,7 @@ def main():
     )
     parser.add_argument("--output", default="output/benchmark")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(args.one, args)))
@@ -384,13 +404,10 @@ def main():
     else:
         results = {}
         for model in args.models:
-            cmd = [sys.executable, __file__, "--one", model] + [
-                f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("device", "threads", "warmup", "repeats", "train_iters")
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **PEAK_RSS_ENV))
-            if proc.returncode != 0:
-                raise RuntimeError(f"{model} failed:\n{proc.stderr[-3000:]}")
-            results[model] = json.loads(proc.stdout.splitlines()[-1])
+            results[model] = _measure_in_subprocess(model, args, [], os.environ)
+            # glibc tuned for measuring the peak (PEAK_RSS_ENV) makes every large allocation a system
+            # call: only the memory is measured that way, in a process of its own
+            results[model].update(_measure_in_subprocess(model, args, ["--memory-only"], dict(os.environ, **PEAK_RSS_ENV)))
             print(f"{model}: {results[model]}", flush=True)
         table = speed_table(results, args)
         name = f"speed_{args.device}.md"

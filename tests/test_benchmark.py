@@ -66,9 +66,10 @@ def test_time_parts_splits_one_call_by_part_and_removes_its_hooks():
     roi_heads = _Sleeps(0.0, box_head=_Sleeps(0.05), mask_head=_Sleeps(0.1))
     model = _Sleeps(0.0, backbone=_Sleeps(0.2), roi_heads=roi_heads, unused=_Sleeps(0.0))  # unused: not called
     seconds = benchmark.time_parts(model, lambda: [model.backbone(1), roi_heads(1), roi_heads.mask_head(1)])
-    assert list(seconds) == ["backbone", "roi_heads", "roi_heads.box_head", "roi_heads.mask_head"]
+    assert list(seconds) == ["backbone", "roi_heads", "roi_heads.box_head", "roi_heads.mask_head", "rest"]
     assert 0.2 <= seconds["backbone"] < 0.3
     assert 0.05 <= seconds["roi_heads.box_head"] < 0.1
     assert 0.2 <= seconds["roi_heads.mask_head"] < 0.3  # called twice: summed
     assert seconds["roi_heads"] >= seconds["roi_heads.box_head"] + 0.1  # includes its parts
+    assert 0.1 <= seconds["rest"] < 0.2  # the mask head called outside roi_heads
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
