@@ -28,6 +28,11 @@ def upsample2x(region: Tensor) -> Tensor:
     return region.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
 
 
+def bilinear2x(x: Tensor) -> Tensor:
+    """(M, C, H, W) -> (M, C, 2H, 2W), bilinear: how logits and features pass to the next stage's size."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
 def merge_stage(previous_logits: Tensor, logits: Tensor, width: int) -> Tensor:
     """Inference rule of a refinement stage: inside the boundary region of the previous (coarser)
     mask take the stage's own logits; elsewhere keep the previous logits, upsampled bilinearly.
@@ -38,6 +43,6 @@ def merge_stage(previous_logits: Tensor, logits: Tensor, width: int) -> Tensor:
     Returns:
         (M, 2S, 2S) merged logits.
     """
-    upsampled = F.interpolate(previous_logits[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
+    upsampled = bilinear2x(previous_logits[:, None])[:, 0]
     region = upsample2x(boundary_region(previous_logits > 0, width))
     return torch.where(region, logits, upsampled)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from instseg.layers import ROIPooler
 
-from .boundary import boundary_region, merge_stage, upsample2x
+from .boundary import bilinear2x, boundary_region, merge_stage, upsample2x
 
 
 def _init_predictor(conv: nn.Conv2d) -> None:
@@ -32,10 +32,6 @@ def _class_logits(classifier: nn.Conv2d, x: Tensor, labels: Tensor) -> Tensor:
     k = labels if classifier.out_channels > 1 else torch.zeros_like(labels)
     weight = classifier.weight[k, :, 0, 0]  # (M, C)
     return torch.einsum("mchw,mc->mhw", x, weight) + classifier.bias[k][:, None, None]
-
-
-def _upsample2x(x: Tensor) -> Tensor:
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class SFMStage(nn.Module):
@@ -157,13 +153,13 @@ class RefineMaskHead(nn.Module):
         stage_logits = []
         for i, stage in enumerate(self.stages):
             if i > 0:
-                x = _upsample2x(x)
+                x = bilinear2x(x)
             logits, x = stage(x, semantic_feat, semantic_logits, boxes, labels)
             stage_logits.append(logits)
         # The last 1x1 classifier commutes with the bilinear 2x upsampling (both are linear and the
         # interpolation weights sum to 1): classify at S and upsample one channel, not C/2 of them.
         last = _class_logits(self.final_instance_logits, x, labels)
-        stage_logits.append(_upsample2x(last[:, None])[:, 0])
+        stage_logits.append(bilinear2x(last[:, None])[:, 0])
         return stage_logits
 
     def losses(self, stage_logits: List[Tensor], instances: List[Instances]) -> Tensor:
