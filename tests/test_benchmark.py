@@ -1,10 +1,11 @@
 """The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/"), the
-time split by model part, and reading detectron2's per-image inference time and the run time from a
-training log."""
+time split by model part, reading detectron2's per-image inference time and the run time from a
+training log, and evaluating a run's final model on another split once."""
 import os
 import sys
 import time
 
+import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
 from torch.utils.flop_counter import FlopCounterMode
@@ -73,3 +74,28 @@ def test_time_parts_splits_one_call_by_part_and_removes_its_hooks():
     assert seconds["roi_heads"] >= seconds["roi_heads.box_head"] + 0.1  # includes its parts
     assert 0.1 <= seconds["rest"] < 0.2  # the mask head called outside roi_heads
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    from helpers import CONFIGS, TINY
+
+    from instseg.checkpoint import Checkpointer
+    from instseg.engine import Trainer, build_config
+
+    config = CONFIGS[0]
+    model = Trainer.build_model(build_config(config, TINY))
+    Checkpointer(model, save_dir=str(tmp_path)).save("model_final")
+    metrics = benchmark.evaluate_final_model(config, str(tmp_path), dataset="shapes_val", opts=TINY)
+    for key in ("segm/AP", "boundary/AP", "bbox/AP"):
+        assert 0 <= metrics[key] <= 100
+    assert (tmp_path / "shapes_val" / "metrics.json").is_file()
+
+    def no_second_evaluation(*args):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(Trainer, "test", no_second_evaluation)
+    assert benchmark.evaluate_final_model(config, str(tmp_path), dataset="shapes_val", opts=TINY) == metrics
+    later = os.path.getmtime(tmp_path / "shapes_val" / "metrics.json") + 10
+    os.utime(tmp_path / "model_final.pth", (later, later))  # a retrained model
+    with pytest.raises(AssertionError, match="evaluated again"):
+        benchmark.evaluate_final_model(config, str(tmp_path), dataset="shapes_val", opts=TINY)

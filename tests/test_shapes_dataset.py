@@ -66,6 +66,13 @@ def test_generated_coco_json(dataset_root):
         assert np.array_equal(mask_util.decode(ann["segmentation"]).astype(bool), mask)
 
 
+def test_the_test_split_is_ten_times_the_validation_split_and_other_scenes(dataset_root):
+    val, test = (json.load(open(json_path(dataset_root, split))) for split in ("val", "test"))
+    assert len(test["images"]) == 500 and test["categories"] == val["categories"]
+    _, shapes = render_scene(2_000_000)
+    assert len([a for a in test["annotations"] if a["image_id"] == 1]) == len(shapes)
+
+
 def test_generation_is_cached(dataset_root):
     path = json_path(dataset_root, "train")
     before = os.stat(path).st_mtime_ns

@@ -1,4 +1,4 @@
-"""Registers the embedded shapes dataset as "shapes_train" / "shapes_val".
+"""Registers the embedded shapes dataset as "shapes_train", "shapes_val" and "shapes_test".
 
 Like detectron2's builtin datasets it lives under $DETECTRON2_DATASETS (default ./datasets), in
 shapes/; it is generated the first time a split is loaded.
