@@ -314,9 +314,10 @@ def _flat_metrics(results):
     return {f"{task}/{key}": value for task, metrics in results.items() for key, value in metrics.items()}
 
 
-def evaluate_final_model(config, out, dataset=TEST_SPLIT, opts=()):
-    """Evaluate the final model of the run in `out` on `dataset`; the metrics are kept in
-    <out>/<dataset>/metrics.json and evaluated again only when the model is newer."""
+def evaluate_final_model(out, dataset=TEST_SPLIT):
+    """Evaluate the final model of the run in `out`, built from the run's own config.yaml, on
+    `dataset`; the metrics are kept in <out>/<dataset>/metrics.json and evaluated again only when
+    the model is newer."""
     from instseg.checkpoint import Checkpointer
     from instseg.engine import Trainer, build_config
 
@@ -325,7 +326,7 @@ def evaluate_final_model(config, out, dataset=TEST_SPLIT, opts=()):
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(weights):
         with open(cache) as f:
             return json.load(f)
-    cfg = build_config(config, [*opts, "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.dirname(cache)])
+    cfg = build_config(os.path.join(out, "config.yaml"), ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.dirname(cache)])
     model = Trainer.build_model(cfg)
     Checkpointer(model).load(weights)
     metrics = _flat_metrics(Trainer.test(cfg, model))
@@ -348,7 +349,7 @@ def run_accuracy(args):
             raise FileNotFoundError(f"no finished run of {name} in {out}: add it to --accuracy-models")
         rows[name] = dict(
             _last_metrics(out),
-            test=evaluate_final_model(config, out),
+            test=evaluate_final_model(out),
             train_minutes=_log_minutes(out),
             inference_ms=_inference_seconds_per_image(out) * 1e3,
         )

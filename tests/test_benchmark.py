@@ -82,10 +82,10 @@ def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, mon
     from instseg.checkpoint import Checkpointer
     from instseg.engine import Trainer, build_config
 
-    config = CONFIGS[0]
-    model = Trainer.build_model(build_config(config, TINY))
-    Checkpointer(model, save_dir=str(tmp_path)).save("model_final")
-    metrics = benchmark.evaluate_final_model(config, str(tmp_path), dataset="shapes_val", opts=TINY)
+    cfg = build_config(CONFIGS[0], TINY)
+    (tmp_path / "config.yaml").write_text(cfg.dump())  # as training writes it
+    Checkpointer(Trainer.build_model(cfg), save_dir=str(tmp_path)).save("model_final")
+    metrics = benchmark.evaluate_final_model(str(tmp_path), dataset="shapes_val")
     for key in ("segm/AP", "boundary/AP", "bbox/AP"):
         assert 0 <= metrics[key] <= 100
     assert (tmp_path / "shapes_val" / "metrics.json").is_file()
@@ -94,8 +94,8 @@ def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, mon
         raise AssertionError("evaluated again")
 
     monkeypatch.setattr(Trainer, "test", no_second_evaluation)
-    assert benchmark.evaluate_final_model(config, str(tmp_path), dataset="shapes_val", opts=TINY) == metrics
+    assert benchmark.evaluate_final_model(str(tmp_path), dataset="shapes_val") == metrics
     later = os.path.getmtime(tmp_path / "shapes_val" / "metrics.json") + 10
     os.utime(tmp_path / "model_final.pth", (later, later))  # a retrained model
     with pytest.raises(AssertionError, match="evaluated again"):
-        benchmark.evaluate_final_model(config, str(tmp_path), dataset="shapes_val", opts=TINY)
+        benchmark.evaluate_final_model(str(tmp_path), dataset="shapes_val")
