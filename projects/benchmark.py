@@ -18,9 +18,9 @@ backbones use GroupNorm here (the same change for every model).
 Accuracy mode (--accuracy): trains every *_shapes config on the embedded dataset with its (equal)
 schedule through projects/train_net.py and collects mask, Boundary and box AP and the trained model's
 inference time per image (detectron2's evaluator measures it). The AP that training reports is on
-the 50 validation images, where one run differs from the next by about 1 AP; the final models are
-also evaluated on the 500 images of the test split, the numbers the table leads with and the plot
-shows. --accuracy-models retrains only some of them (after a change to one method, say); the
+the 50 validation images, too few to tell apart models about 1 AP apart; the final models are also
+evaluated on the 500 images of the test split, the numbers the table leads with and the plot shows
+(the seed still moves a run by up to about 2 AP there). --accuracy-models retrains only some of them (after a change to one method, say); the
 others' rows are read from their runs in --output.
 
 Writes a markdown table to --output (speed_<device>.md; with --accuracy accuracy.md and
