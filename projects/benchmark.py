@@ -20,8 +20,8 @@ schedule through projects/train_net.py and collects mask, Boundary and box AP an
 inference time per image (detectron2's evaluator measures it). The AP that training reports is on
 the 50 validation images, too few to tell apart models about 1 AP apart; the final models are also
 evaluated on the 500 images of the test split, the numbers the table leads with and the plot shows
-(the seed still moves a run by up to about 2 AP there). --accuracy-models retrains only some of them (after a change to one method, say); the
-others' rows are read from their runs in --output.
+(the seed still moves a run by up to about 2 AP there). --accuracy-models retrains only some of
+them (after a change to one method, say); the others' rows are read from their runs in --output.
 
 Writes a markdown table to --output (speed_<device>.md; with --accuracy accuracy.md and
 accuracy.png, the speed-vs-accuracy plot).
@@ -47,6 +47,7 @@ from collections import OrderedDict
 
 import torch
 
+from instseg.data.shapes import SPLITS
 from instseg.utils import PEAK_RSS_ENV
 
 # name -> (config, test image size (H, W)); the first is the reference of the ratios
@@ -64,7 +65,7 @@ ACCURACY_MODELS = {
     "CenterMask-Lite V-19": "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml",
     "RefineMask R18-FPN": "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml",
 }
-# 10x the validation split's images: the table's low-noise numbers (evaluated once per trained model)
+# the split of the table's low-noise numbers (evaluated once per trained model; sizes in SPLITS)
 TEST_SPLIT = "shapes_test"
 RANDOM_INIT = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0",
                "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "GN", "MODEL.VOVNET.NORM", "GN"]
@@ -309,15 +310,12 @@ def _log_minutes(output_dir):
     return (time.mktime(last) - time.mktime(first)) / 60
 
 
-def _flat_metrics(results):
-    """detectron2's {"segm": {"AP": ..}, ..} -> {"segm/AP": .., ..}, as in a run's metrics.json."""
-    return {f"{task}/{key}": value for task, metrics in results.items() for key, value in metrics.items()}
-
-
 def evaluate_final_model(out, dataset=TEST_SPLIT):
     """Evaluate the final model of the run in `out`, built from the run's own config.yaml, on
     `dataset`; the metrics are kept in <out>/<dataset>/metrics.json and evaluated again only when
     the model is newer."""
+    from detectron2.evaluation.testing import flatten_results_dict
+
     from instseg.checkpoint import Checkpointer
     from instseg.engine import Trainer, build_config
 
@@ -326,10 +324,12 @@ def evaluate_final_model(out, dataset=TEST_SPLIT):
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(weights):
         with open(cache) as f:
             return json.load(f)
-    cfg = build_config(os.path.join(out, "config.yaml"), ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.dirname(cache)])
+    cfg = build_config(
+        os.path.join(out, "config.yaml"), ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.dirname(cache)]
+    )
     model = Trainer.build_model(cfg)
     Checkpointer(model).load(weights)
-    metrics = _flat_metrics(Trainer.test(cfg, model))
+    metrics = flatten_results_dict(Trainer.test(cfg, model))  # the keys of a run's metrics.json
     with open(cache, "w") as f:
         json.dump(metrics, f)
     return metrics
@@ -362,7 +362,8 @@ def accuracy_table(rows):
         f"Measured by `python projects/benchmark.py --accuracy` on {platform.machine()} "
         f"({os.cpu_count()} cores), torch {torch.__version__}: each `*_shapes.yaml` config trained from "
         f"scratch on the embedded data (400 iterations x 4 images, 256 px), its final model evaluated on "
-        f"the {TEST_SPLIT} split (500 images) and, during training, on the 50 validation images; "
+        f"the {TEST_SPLIT} split ({SPLITS['test'][0]} images) and, during training, on the "
+        f"{SPLITS['val'][0]} validation images; "
         f"inference time per image from detectron2's evaluator on the validation images.",
         "",
         "| model (config) | mask AP | Boundary AP | box AP | val mask AP | val Boundary AP | val box AP "
