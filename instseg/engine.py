@@ -2,7 +2,6 @@
 import difflib
 import logging
 import os
-import re
 import weakref
 
 from detectron2.config import CfgNode, get_cfg
@@ -45,12 +44,9 @@ def build_config(config_file: str = "", opts=()) -> CfgNode:
     cfg = get_project_cfg()
     if config_file and not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    try:
-        if config_file:
-            cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except (KeyError, AssertionError) as e:  # yacs reports unknown keys with either
-        raise KeyError(_unknown_key_message(cfg, str(e), config_file)) from e
+    if config_file:
+        _merge(cfg, cfg.merge_from_file, config_file, f"config file {config_file}")
+    _merge(cfg, cfg.merge_from_list, list(opts), "the command-line options")
     check_config(cfg)
     cfg.freeze()
     return cfg
@@ -71,11 +67,23 @@ REPLACED_KEYS = {
 }
 
 
-def _unknown_key_message(cfg: CfgNode, error: str, config_file: str) -> str:
-    """yacs's 'Non-existent key: X' with where it came from and the closest known keys."""
-    match = re.search(r"([A-Z0-9_]+(?:\.[A-Z0-9_]+)+)", error)
-    key = match.group(1) if match else error
-    where = f" (in {config_file} or the command-line options)" if config_file else ""
+def _merge(cfg: CfgNode, merge, source, where: str) -> None:
+    """`merge(source)` into `cfg`, with yacs's assertions turned into errors that say `where`."""
+    try:
+        merge(source)
+    except (KeyError, AssertionError) as e:  # unknown keys, odd option lists, newer config versions
+        message = e.args[0] if e.args else repr(e)
+        if "Non-existent" in message:
+            raise KeyError(_unknown_key_message(cfg, message, where)) from e
+        if "odd length" in message:
+            message = f"options must be KEY VALUE pairs, got an odd number of items: {source}"
+        raise ValueError(f"{where}: {message}") from e
+
+
+def _unknown_key_message(cfg: CfgNode, error: str, where: str) -> str:
+    """yacs's 'Non-existent (config) key: X' with where it came from and the closest known keys."""
+    key = error.rsplit(":", 1)[-1].strip()
+    where = f" (in {where})"
     if key in REPLACED_KEYS:
         return f"unknown config key {key}{where}: the number of classes of every model is set once, in {REPLACED_KEYS[key]}"
     close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.8)
