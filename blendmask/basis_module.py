@@ -12,7 +12,7 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from instseg.modeling import semantic_targets
+from instseg.modeling import feature_shapes, semantic_targets
 
 
 def _conv_block(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
@@ -74,7 +74,7 @@ class BasisModule(nn.Module):
         basis = cfg.MODEL.BASIS_MODULE
         return {
             "in_features": list(basis.IN_FEATURES),
-            "in_channels": input_shape[basis.IN_FEATURES[0]].channels,
+            "in_channels": feature_shapes(input_shape, basis.IN_FEATURES, "MODEL.BASIS_MODULE.IN_FEATURES")[0].channels,
             "convs_dim": basis.CONVS_DIM,
             "num_bases": basis.NUM_BASES,
             "num_convs": basis.NUM_CONVS,
@@ -108,8 +108,6 @@ class BasisModule(nn.Module):
         losses = {}
         if self.training and self.semantic_loss_weight is not None:
             logits = self.seg_head(first)  # (N, classes + 1, H/s, W/s)
-            targets = semantic_targets(gt_instances, *image_size, self.num_classes).to(logits.device)
-            stride = image_size[0] // logits.shape[-2]
-            targets = targets[:, ::stride, ::stride][:, : logits.shape[-2], : logits.shape[-1]]
+            targets = semantic_targets(gt_instances, image_size, self.num_classes, logits.shape[-2:]).to(logits.device)
             losses["loss_basis_sem"] = F.cross_entropy(logits, targets) * self.semantic_loss_weight
         return bases, losses

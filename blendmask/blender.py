@@ -16,8 +16,8 @@ from detectron2.structures import Instances
 from torch import Tensor
 from torch.nn import functional as F
 
-from instseg.layers import blend, blend_reference
-from instseg.modeling import FCOSPositives
+from instseg.layers import ATTN_INTERPS, blend, blend_reference
+from instseg.modeling import FCOSPositives, crop_gt_masks
 
 from .config import BLENDER_IMPLS
 
@@ -50,6 +50,8 @@ class Blender:
         """
         if impl not in BLENDER_IMPLS:
             raise ValueError(f"MODEL.BLENDMASK.BLENDER_IMPL must be one of {BLENDER_IMPLS}, got {impl!r}")
+        if attn_interp not in ATTN_INTERPS:
+            raise ValueError(f"MODEL.BLENDMASK.TOP_INTERP must be one of {ATTN_INTERPS}, got {attn_interp!r}")
         self.num_bases = num_bases
         self.attn_size = attn_size
         self.output_size = output_size
@@ -57,10 +59,13 @@ class Blender:
         self.blend = blend if impl == "fused" else blend_reference
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, bases_stride: int):
         bm = cfg.MODEL.BLENDMASK
-        if len(bm.POOLER_SCALES) != 1:
-            raise ValueError(f"MODEL.BLENDMASK.POOLER_SCALES: the bases are one map, got {bm.POOLER_SCALES}")
+        if len(bm.POOLER_SCALES) != 1 or abs(bm.POOLER_SCALES[0] * bases_stride - 1) > 1e-6:
+            raise ValueError(
+                f"MODEL.BLENDMASK.POOLER_SCALES must be ({1 / bases_stride},), 1 / the stride of the bases "
+                f"(half that of MODEL.BASIS_MODULE.IN_FEATURES[0]), got {bm.POOLER_SCALES}"
+            )
         if bm.POOLER_TYPE not in ("ROIAlign", "ROIAlignV2"):
             raise ValueError(f"MODEL.BLENDMASK.POOLER_TYPE must be ROIAlign or ROIAlignV2, got {bm.POOLER_TYPE}")
         return {
@@ -96,10 +101,7 @@ class Blender:
         boxes = torch.cat([gt.gt_boxes.tensor for gt in gt_instances])
         offsets = torch.tensor([0] + [len(gt) for gt in gt_instances], device=bases.device).cumsum(0)
         gt_index = offsets[positives.image_inds] + positives.gt_inds
-        targets = cat(
-            [gt.gt_masks.crop_and_resize(gt.gt_boxes.tensor, self.output_size).to(bases.device)
-             for gt in gt_instances if len(gt) > 0]
-        )[gt_index].to(bases.dtype)
+        targets = crop_gt_masks(gt_instances, "gt_boxes", self.output_size)[gt_index].to(bases)
         logits = self._masks(bases, positives.image_inds, boxes[gt_index], positives.top_feats)
         per_box = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=(1, 2))
         return {"loss_mask": (per_box * positives.ctrness_targets).sum() / positives.loss_denorm}

@@ -64,7 +64,8 @@ class BlendMask(nn.Module):
             "backbone": backbone,
             "proposal_generator": FCOS(cfg, shapes),
             "basis_module": BasisModule(cfg, shapes),
-            "blender": Blender(cfg),
+            # the bottom module upsamples its first input feature 2x
+            "blender": Blender(cfg, bases_stride=shapes[cfg.MODEL.BASIS_MODULE.IN_FEATURES[0]].stride // 2),
             "top_layer_in_channels": shapes[cfg.MODEL.FCOS.IN_FEATURES[0]].channels,
             "instance_loss_weight": cfg.MODEL.BLENDMASK.INSTANCE_LOSS_WEIGHT,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,

@@ -15,6 +15,8 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from instseg.modeling import crop_gt_masks
+
 ROI_MASKIOU_HEAD_REGISTRY = Registry("ROI_MASKIOU_HEAD")
 ROI_MASKIOU_HEAD_REGISTRY.__doc__ = "Heads that predict the IoU of RoI masks with their ground truth."
 
@@ -44,21 +46,17 @@ def maskiou_targets(mask_logits: Tensor, instances: List[Instances]) -> Tensor:
         (M,) IoU in [0, 1]. The prediction only covers the proposal box, but the union counts the
         ground truth's pixels outside it too (its whole area, rescaled to the R x R grid).
     """
-    resolution = mask_logits.shape[-1]
-    gt_crops, gt_areas = [], []
-    for inst in instances:
-        if len(inst) == 0:
-            continue
-        boxes = inst.proposal_boxes.tensor
-        gt_crops.append(inst.gt_masks.crop_and_resize(boxes, resolution).to(mask_logits.device))
-        box_areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0)
-        gt_areas.append(_mask_areas(inst.gt_masks).to(mask_logits.device) * resolution**2 / box_areas)
-    if not gt_crops:
+    instances = [x for x in instances if len(x)]
+    if not instances:
         return mask_logits.new_zeros((0,))
-    gt = cat(gt_crops).float()
-    pred = (mask_logits > 0).float()
+    resolution = mask_logits.shape[-1]
+    gt = crop_gt_masks(instances, "proposal_boxes", resolution).to(mask_logits)
+    boxes = cat([x.proposal_boxes.tensor for x in instances]).to(mask_logits)
+    box_areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0)
+    gt_areas = cat([_mask_areas(x.gt_masks) for x in instances]).to(mask_logits) * resolution**2 / box_areas
+    pred = (mask_logits > 0).to(mask_logits)
     overlap = (pred * gt).flatten(1).sum(dim=1)
-    union = pred.flatten(1).sum(dim=1) + torch.maximum(cat(gt_areas), gt.flatten(1).sum(dim=1)) - overlap
+    union = pred.flatten(1).sum(dim=1) + torch.maximum(gt_areas, gt.flatten(1).sum(dim=1)) - overlap
     return overlap / union.clamp(min=1.0)
 
 
@@ -89,8 +87,9 @@ class MaskIoUHead(nn.Module):
         self.maskiou = nn.Linear(1024, num_classes)
         for conv in self.convs:
             weight_init.c2_msra_fill(conv)
-        # fan-in scaled: fan_out scaling would multiply the variance by ~6 in fc1 (6272 -> 1024) and make
-        # the initial IoU predictions, hence the first gradients, explode
+        # fan-in scaled: fan_out scaling would multiply the variance by fan_in / fan_out in fc1 (12544 /
+        # 1024 with CONV_DIM 256, 6272 / 1024 with 128) and make the initial IoU predictions, hence the
+        # first gradients, explode
         for fc in (self.maskiou_fc1, self.maskiou_fc2):
             weight_init.c2_xavier_fill(fc)
         nn.init.normal_(self.maskiou.weight, std=0.01)

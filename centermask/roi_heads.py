@@ -3,9 +3,8 @@ RoI pooler, and an optional MaskIoU head that rescores detections."""
 from typing import Dict, List
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.roi_heads import build_mask_head, select_foreground_proposals
+from detectron2.modeling.roi_heads import build_mask_head
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rcnn_loss
 from detectron2.structures import Instances
 from torch import Tensor
@@ -27,30 +26,17 @@ class CenterROIHeads(InstSegROIHeads):
         self.maskiou_head = maskiou_head
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        if cfg.MODEL.MASKIOU_ON:
-            resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-            pooled = ShapeSpec(
-                channels=input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels,
-                height=resolution,
-                width=resolution,
-            )
-            ret["maskiou_head"] = build_maskiou_head(cfg, pooled)
-        return ret
-
-    @classmethod
     def _init_box_head(cls, cfg, input_shape):
         return {"box_in_features": [], "box_pooler": None, "box_head": None, "box_predictor": None}
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        pooler, pooled = cls._build_mask_pooler(cfg, input_shape, cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION)
-        return {
-            "mask_in_features": cfg.MODEL.ROI_HEADS.IN_FEATURES,
-            "mask_pooler": pooler,
-            "mask_head": build_mask_head(cfg, pooled),
-        }
+        pooler_args, pooled = cls._init_mask_pooler(cfg, input_shape, cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION)
+        return dict(
+            pooler_args,
+            mask_head=build_mask_head(cfg, pooled),
+            maskiou_head=build_maskiou_head(cfg, pooled) if cfg.MODEL.MASKIOU_ON else None,
+        )
 
     def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
         del images
@@ -60,12 +46,7 @@ class CenterROIHeads(InstSegROIHeads):
         return self.forward_with_given_boxes(features, proposals), {}
 
     def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
-        if self.training:
-            instances, _ = select_foreground_proposals(instances, self.num_classes)
-        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
-        pooled = self.mask_pooler(
-            [features[f] for f in self.mask_in_features], boxes, [x.image_size for x in instances]
-        )
+        instances, _, pooled = self._mask_rois(features, instances)
         mask_logits = self.mask_head.layers(pooled)
         if self.training:
             losses = {

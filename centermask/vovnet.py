@@ -14,7 +14,6 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import FPN
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -202,19 +201,6 @@ def build_vovnet_backbone(cfg, input_shape: ShapeSpec) -> VoVNet:
         cfg.MODEL.VOVNET.OUT_FEATURES,
         norm=cfg.MODEL.VOVNET.NORM,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-    )
-
-
-@BACKBONE_REGISTRY.register()
-def build_vovnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """VoVNet + FPN with a max-pooled P6, for Mask R-CNN with a VoVNet backbone."""
-    return FPN(
-        bottom_up=build_vovnet_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
 
 

@@ -11,8 +11,9 @@ def add_refinemask_config(cfg: CN) -> None:
     cfg.MODEL.REFINEMASK.NUM_SEMANTIC_CONVS = 4
     cfg.MODEL.REFINEMASK.SEMANTIC_LOSS_WEIGHT = 1.0
     cfg.MODEL.REFINEMASK.CONV_DIM = 256  # width of the semantic head and of the instance convs
-    # mask head: NUM_INSTANCE_CONVS 3x3 convs on the 14x14 RoI features, then one refinement stage
-    # (SFM + 2x upsampling) per size after the first of STAGE_SIZES ("stage_sup_size")
+    # mask head: NUM_INSTANCE_CONVS 3x3 convs on the RoI features, then a mask at each of STAGE_SIZES
+    # ("stage_sup_size"; the first is ROI_MASK_HEAD.POOLER_RESOLUTION): an SFM stage predicts it at
+    # each size but the last, whose mask is the last stage's features upsampled 2x and classified
     cfg.MODEL.REFINEMASK.NUM_INSTANCE_CONVS = 2
     cfg.MODEL.REFINEMASK.STAGE_SIZES = [14, 28, 56, 112]
     cfg.MODEL.REFINEMASK.DILATIONS = [1, 3, 5]  # of the SFM's parallel 3x3 convs

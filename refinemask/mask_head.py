@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from instseg.layers import ROIPooler
+from instseg.modeling import crop_gt_masks
 
 from .boundary import bilinear2x, boundary_region, merge_stage, upsample2x
 
@@ -39,9 +40,11 @@ class SFMStage(nn.Module):
     RoI crops of the semantic features and foreground mask (1x1 reduce, three parallel dilated 3x3
     convs, 1x1 merge) and halves the channels; the head upsamples them 2x for the next stage."""
 
-    def __init__(self, channels: int, semantic_channels: int, size: int, num_classes: int, dilations, roi_align_impl: str):
+    def __init__(
+        self, channels: int, semantic_channels: int, semantic_stride: int, size: int, num_classes: int, dilations, roi_align_impl: str
+    ):
         super().__init__()
-        self.pooler = ROIPooler(size, (0.25,), 0, "ROIAlignV2", roi_align_impl=roi_align_impl)
+        self.pooler = ROIPooler(size, (1.0 / semantic_stride,), 0, "ROIAlignV2", roi_align_impl=roi_align_impl)
         self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
         self.semantic_transform_out = nn.Conv2d(channels, channels, 1)
         self.instance_logits = nn.Conv2d(channels, num_classes, 1)
@@ -60,7 +63,8 @@ class SFMStage(nn.Module):
         """
         Args:
             x: (M, C, S, S) instance features.
-            semantic_feat: (N, D, H, W) and semantic_logits (N, 1, H, W): the semantic head's outputs (stride 4).
+            semantic_feat: (N, D, H, W) and semantic_logits (N, 1, H, W): the semantic head's outputs (at
+                semantic_stride, 4 on P2).
             boxes: per image, the RoIs; labels: (M,) their classes.
 
         Returns:
@@ -85,6 +89,7 @@ class RefineMaskHead(nn.Module):
         conv_dim: int,
         num_instance_convs: int,
         semantic_channels: int,
+        semantic_stride: int,
         stage_sizes: List[int],
         num_classes: int,
         class_agnostic_last_stage: bool,
@@ -109,24 +114,31 @@ class RefineMaskHead(nn.Module):
         channels = conv_dim
         self.stages = nn.ModuleList()
         for size in stage_sizes[:-1]:
-            self.stages.append(SFMStage(channels, semantic_channels, size, num_classes, dilations, roi_align_impl))
+            self.stages.append(
+                SFMStage(channels, semantic_channels, semantic_stride, size, num_classes, dilations, roi_align_impl)
+            )
             channels //= 2
         self.final_instance_logits = nn.Conv2d(channels, 1 if class_agnostic_last_stage else num_classes, 1)
         _init_predictor(self.final_instance_logits)
-        self.stage_sizes = stage_sizes
         self.boundary_width = boundary_width
         self.inference_boundary_width = inference_boundary_width
         self.start_stage = start_stage
         self.stage_loss_weights = stage_loss_weights
 
     @classmethod
-    def from_config(cls, cfg, input_shape: ShapeSpec, semantic_channels: int):
+    def from_config(cls, cfg, input_shape: ShapeSpec, semantic_channels: int, semantic_stride: int):
         rm = cfg.MODEL.REFINEMASK
+        if rm.STAGE_SIZES[0] != input_shape.height:
+            raise ValueError(
+                f"MODEL.REFINEMASK.STAGE_SIZES starts at {rm.STAGE_SIZES[0]} but the RoI features are "
+                f"{input_shape.height} x {input_shape.width} (MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION): they must be equal"
+            )
         return {
             "in_channels": input_shape.channels,
             "conv_dim": rm.CONV_DIM,
             "num_instance_convs": rm.NUM_INSTANCE_CONVS,
             "semantic_channels": semantic_channels,
+            "semantic_stride": semantic_stride,
             "stage_sizes": list(rm.STAGE_SIZES),
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "class_agnostic_last_stage": rm.CLASS_AGNOSTIC_LAST_STAGE,
@@ -173,9 +185,7 @@ class RefineMaskHead(nn.Module):
         previous, previous_target = None, None
         for i, (logits, weight) in enumerate(zip(stage_logits, self.stage_loss_weights)):
             size = logits.shape[-1]
-            target = cat(
-                [x.gt_masks.crop_and_resize(x.proposal_boxes.tensor, size) for x in instances if len(x)]
-            ).to(logits)
+            target = crop_gt_masks(instances, "proposal_boxes", size).to(logits)
             if i <= self.start_stage:
                 loss = F.binary_cross_entropy_with_logits(logits, target)
                 merged = logits

@@ -5,11 +5,10 @@ from typing import Dict, List
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.roi_heads import select_foreground_proposals
 from detectron2.structures import Instances
 from torch import Tensor
 
-from instseg.modeling import InstSegROIHeads
+from instseg.modeling import InstSegROIHeads, feature_shapes
 
 from .mask_head import RefineMaskHead
 from .semantic_head import SemanticHead
@@ -34,12 +33,11 @@ class RefineROIHeads(InstSegROIHeads):
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        pooler, pooled = cls._build_mask_pooler(cfg, input_shape)
-        return {
-            "mask_in_features": cfg.MODEL.ROI_HEADS.IN_FEATURES,
-            "mask_pooler": pooler,
-            "mask_head": RefineMaskHead(cfg, pooled, semantic_channels=cfg.MODEL.REFINEMASK.CONV_DIM),
-        }
+        pooler_args, pooled = cls._init_mask_pooler(cfg, input_shape)
+        key = "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE"
+        (semantic,) = feature_shapes(input_shape, [cfg.MODEL.REFINEMASK.SEMANTIC_IN_FEATURE], key)
+        head = RefineMaskHead(cfg, pooled, semantic_channels=cfg.MODEL.REFINEMASK.CONV_DIM, semantic_stride=semantic.stride)
+        return dict(pooler_args, mask_head=head)
 
     def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
         semantic_feat, semantic_logits = self.semantic_head(features[self.semantic_in_feature])
@@ -51,14 +49,8 @@ class RefineROIHeads(InstSegROIHeads):
         return instances, losses
 
     def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
-        if self.training:
-            instances, _ = select_foreground_proposals(instances, self.num_classes)
-            boxes = [x.proposal_boxes for x in instances]
-            labels = cat([x.gt_classes for x in instances])
-        else:
-            boxes = [x.pred_boxes for x in instances]
-            labels = cat([x.pred_classes for x in instances])
-        pooled = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        instances, boxes, pooled = self._mask_rois(features, instances)
+        labels = cat([x.gt_classes if self.training else x.pred_classes for x in instances])
         stage_logits = self.mask_head(
             pooled, features["refinemask_semantic"], features["refinemask_semantic_logits"], boxes, labels
         )

@@ -12,7 +12,7 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from instseg.modeling import semantic_targets
+from instseg.modeling import feature_shapes, semantic_targets
 
 
 class SemanticHead(nn.Module):
@@ -35,7 +35,7 @@ class SemanticHead(nn.Module):
     def from_config(cls, cfg, input_shape):
         rm = cfg.MODEL.REFINEMASK
         return {
-            "in_channels": input_shape[rm.SEMANTIC_IN_FEATURE].channels,
+            "in_channels": feature_shapes(input_shape, [rm.SEMANTIC_IN_FEATURE], "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE")[0].channels,
             "conv_dim": rm.CONV_DIM,
             "num_convs": rm.NUM_SEMANTIC_CONVS,
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
@@ -51,7 +51,5 @@ class SemanticHead(nn.Module):
     def loss(self, logits: Tensor, gt_instances: List[Instances], image_size: Tuple[int, int]) -> Tensor:
         """BCE against the image's foreground (the union of its instance masks), sampled at the
         logits' stride of the padded (H, W) `image_size`."""
-        foreground = semantic_targets(gt_instances, *image_size, self.num_classes) > 0
-        stride = image_size[0] // logits.shape[-2]
-        foreground = foreground[:, ::stride, ::stride][:, : logits.shape[-2], : logits.shape[-1]]
+        foreground = semantic_targets(gt_instances, image_size, self.num_classes, logits.shape[-2:]) > 0
         return F.binary_cross_entropy_with_logits(logits[:, 0], foreground.to(logits)) * self.loss_weight

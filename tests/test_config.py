@@ -1,10 +1,28 @@
-"""Config building: clear errors naming the key, file or dataset at fault."""
+"""Config building: every config builds its model; clear errors naming the key, file or dataset at fault."""
+import glob
+import os
+
 import pytest
+from detectron2.modeling import build_model
 
 from instseg.data.datasets import register_coco_datasets
 from instseg.engine import build_config
 
 SHAPES = "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml"
+MODEL_ZOO = sorted(c for c in glob.glob("configs/*/*.yaml") if not os.path.basename(c).startswith("Base-"))
+
+
+@pytest.mark.parametrize("config", MODEL_ZOO, ids=lambda c: os.path.basename(c))
+def test_every_config_builds_its_model(config):
+    cfg = build_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+
+
+def test_every_method_has_model_zoo_configs():
+    assert {os.path.basename(os.path.dirname(c)) for c in MODEL_ZOO} == {"BlendMask", "CenterMask", "MaskRCNN", "RefineMask"}
+    assert len(MODEL_ZOO) >= 27
 
 
 def test_shapes_config_builds_and_defaults_to_available_device():
@@ -34,6 +52,36 @@ def test_config_key_typo_names_the_key():
 def test_upstream_num_classes_keys_point_to_the_one_key():
     with pytest.raises(KeyError, match="MODEL.FCOS.NUM_CLASSES.*set once, in MODEL.ROI_HEADS.NUM_CLASSES"):
         build_config(SHAPES, ["MODEL.FCOS.NUM_CLASSES", "3"])
+
+
+def test_unknown_key_in_a_config_file_names_the_file(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text(f"_BASE_: {os.path.abspath(SHAPES)}\nSOLVER:\n  MAX_ITERS: 10\n")
+    with pytest.raises(KeyError, match=rf"unknown config key SOLVER.MAX_ITERS \(in config file {config}\); did you mean SOLVER.MAX_ITER"):
+        build_config(str(config))
+
+
+def test_option_without_value_is_not_called_an_unknown_key():
+    with pytest.raises(ValueError, match=r"command-line options: options must be KEY VALUE pairs.*'MODEL.WEIGHTS'"):
+        build_config(SHAPES, ["MODEL.WEIGHTS"])
+
+
+@pytest.mark.parametrize(
+    "config, key, value, message",
+    [
+        ("BlendMask/R_18_shapes", "MODEL.BASIS_MODULE.IN_FEATURES", "['p2', 'p4']", r"MODEL.BASIS_MODULE.IN_FEATURES \['p2'\] are not backbone outputs \['p3'"),
+        ("BlendMask/R_18_shapes", "MODEL.FCOS.IN_FEATURES", "['p3', 'p9']", r"MODEL.FCOS.IN_FEATURES \['p9'\] are not backbone outputs"),
+        ("BlendMask/R_18_shapes", "MODEL.BLENDMASK.POOLER_SCALES", "(0.125,)", r"MODEL.BLENDMASK.POOLER_SCALES must be \(0.25,\)"),
+        ("BlendMask/R_18_shapes", "MODEL.BLENDMASK.TOP_INTERP", "bicubic", "MODEL.BLENDMASK.TOP_INTERP must be one of"),
+        ("RefineMask/refinemask_R_18_FPN_shapes", "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE", "p9", r"MODEL.REFINEMASK.SEMANTIC_IN_FEATURE \['p9'\] are not backbone outputs"),
+        ("RefineMask/refinemask_R_18_FPN_shapes", "MODEL.REFINEMASK.STAGE_SIZES", "[28, 56, 112, 224]", "STAGE_SIZES starts at 28 but the RoI features are 14 x 14 .MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"),
+        ("CenterMask/centermask_lite_V_19_eSE_shapes", "MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION", "size", r"MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION.*must be one of"),
+    ],
+    ids=lambda v: v.rsplit(".", 1)[-1] if isinstance(v, str) and v.startswith("MODEL.") else None,
+)
+def test_config_values_that_do_not_fit_the_model_are_named(config, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(build_config(f"configs/{config}.yaml", [key, value, "MODEL.DEVICE", "cpu"]))
 
 
 def test_missing_config_file():

@@ -66,10 +66,16 @@ def _head_and_instances():
 
 
 def test_sfm_stage_shapes():
-    stage = SFMStage(64, 128, 14, 3, [1, 3, 5], "instseg")
+    stage = SFMStage(64, 128, 4, 14, 3, [1, 3, 5], "instseg")
     boxes = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 4.0, 60.0, 40.0]]))]
     logits, out = stage(torch.randn(2, 64, 14, 14), torch.randn(1, 128, 16, 16), torch.randn(1, 1, 16, 16), boxes, torch.tensor([0, 2]))
     assert logits.shape == (2, 14, 14) and out.shape == (2, 32, 14, 14)
+
+
+def test_sfm_stages_crop_the_semantic_maps_at_their_stride():
+    cfg = build_config(SHAPES, ["MODEL.REFINEMASK.SEMANTIC_IN_FEATURE", "p3", "MODEL.DEVICE", "cpu"])
+    stages = build_model(cfg).roi_heads.mask_head.stages
+    assert [s.pooler.level_poolers[0].spatial_scale for s in stages] == [1 / 8] * 3
 
 
 @pytest.mark.parametrize("class_agnostic_last_stage", [False, True])

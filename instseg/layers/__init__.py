@@ -1,8 +1,9 @@
-from .blend import blend, blend_reference
+from .blend import ATTN_INTERPS, blend, blend_reference
 from .poolers import ROIPooler, assign_boxes_by_image_ratio, use_instseg_roi_align
 from .roi_align import ROIAlign, roi_align
 
 __all__ = [
+    "ATTN_INTERPS",
     "ROIAlign",
     "ROIPooler",
     "assign_boxes_by_image_ratio",

@@ -16,7 +16,9 @@ from torch.nn import functional as F
 
 import instseg._C  # noqa: F401  (loads the extension: registers the ops' CPU/CUDA kernels)
 
-__all__ = ["blend", "blend_reference"]
+__all__ = ["ATTN_INTERPS", "blend", "blend_reference"]
+
+ATTN_INTERPS = ("bilinear", "nearest")  # how the attentions are resized to R x R
 
 
 @torch.library.register_fake("instseg::blend")
@@ -48,6 +50,11 @@ torch.library.register_autograd("instseg::blend", _backward, setup_context=_setu
 torch.library.register_autocast("instseg::blend", "cuda", torch.float32)
 
 
+def _check_attn_interp(attn_interp: str) -> None:
+    if attn_interp not in ATTN_INTERPS:
+        raise ValueError(f"blend: attn_interp must be one of {ATTN_INTERPS}, got {attn_interp!r}")
+
+
 def blend(
     bases: Tensor,
     rois: Tensor,
@@ -72,8 +79,7 @@ def blend(
     Returns:
         (P, R, R) mask logits.
     """
-    if attn_interp not in ("bilinear", "nearest"):
-        raise ValueError(f"blend: attn_interp must be 'bilinear' or 'nearest', got {attn_interp!r}")
+    _check_attn_interp(attn_interp)
     return torch.ops.instseg.blend(
         bases, rois, attns, float(spatial_scale), int(output_size), int(sampling_ratio), bool(aligned),
         attn_interp == "bilinear",
@@ -91,6 +97,7 @@ def blend_reference(
     attn_interp: str = "bilinear",
 ) -> Tensor:
     """`blend` composed from torchvision's roi_align, F.interpolate, softmax and a weighted sum."""
+    _check_attn_interp(attn_interp)
     crops = torchvision.ops.roi_align(bases, rois, output_size, spatial_scale, sampling_ratio, aligned)
     align = {"align_corners": False} if attn_interp == "bilinear" else {}
     weights = F.interpolate(attns, (output_size, output_size), mode=attn_interp, **align).softmax(dim=1)

@@ -60,7 +60,9 @@ class ROIPooler(d2_poolers.ROIPooler):
         """
         super().__init__(*args, **kwargs)
         if assign_criterion not in ASSIGN_CRITERIA:
-            raise ValueError(f"assign criterion must be one of {ASSIGN_CRITERIA}, got {assign_criterion!r}")
+            raise ValueError(
+                f"assign criterion (MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION) must be one of {ASSIGN_CRITERIA}, got {assign_criterion!r}"
+            )
         self.assign_criterion = assign_criterion
         if roi_align_impl == "instseg":
             use_instseg_roi_align(self)

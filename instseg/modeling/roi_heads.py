@@ -1,8 +1,10 @@
 """RoI heads whose poolers follow cfg.MODEL.ROI_ALIGN_IMPL."""
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads import select_foreground_proposals
 
 from ..layers.poolers import ROIPooler, use_instseg_roi_align
+from .backbone import feature_shapes
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -21,23 +23,37 @@ class InstSegROIHeads(StandardROIHeads):
         return _with_roi_align_impl(cfg, super()._init_mask_head(cfg, input_shape), "mask_pooler")
 
     @classmethod
-    def _build_mask_pooler(cls, cfg, input_shape, assign_criterion: str = "area"):
-        """The mask pooler over MODEL.ROI_HEADS.IN_FEATURES (MODEL.ROI_MASK_HEAD pooler keys) and the
-        ShapeSpec of the features it pools, for heads that replace detectron2's mask head."""
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-        channels = {input_shape[f].channels for f in in_features}
+    def _init_mask_pooler(cls, cfg, input_shape, assign_criterion: str = "area"):
+        """For heads that replace detectron2's mask head: the mask_in_features and mask_pooler
+        arguments (a pooler over MODEL.ROI_HEADS.IN_FEATURES with the MODEL.ROI_MASK_HEAD pooler keys)
+        and the ShapeSpec of the features it pools."""
+        shapes = feature_shapes(input_shape, cfg.MODEL.ROI_HEADS.IN_FEATURES, "MODEL.ROI_HEADS.IN_FEATURES")
+        channels = {s.channels for s in shapes}
         if len(channels) != 1:
             raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES must share one width, got {channels}")
         resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
         pooler = ROIPooler(
             output_size=resolution,
-            scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+            scales=tuple(1.0 / s.stride for s in shapes),
             sampling_ratio=cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
             pooler_type=cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE,
             assign_criterion=assign_criterion,
             roi_align_impl=cfg.MODEL.ROI_ALIGN_IMPL,
         )
-        return pooler, ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+        pooled = ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+        return {"mask_in_features": cfg.MODEL.ROI_HEADS.IN_FEATURES, "mask_pooler": pooler}, pooled
+
+    def _mask_rois(self, features, instances):
+        """For heads that replace detectron2's mask head: the instances the mask head sees (in
+        training the foreground proposals, at test time the detections), their boxes and the mask
+        pooler's features of those boxes."""
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        pooled = self.mask_pooler(
+            [features[f] for f in self.mask_in_features], boxes, [x.image_size for x in instances]
+        )
+        return instances, boxes, pooled
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...layers.conv_at import conv2d_at
+from ..backbone import feature_shapes
 from .head import FCOSHead
 from .targets import assign_locations, centerness_targets, compute_locations, size_ranges
 
@@ -133,14 +134,9 @@ class FCOS(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         fcos = cfg.MODEL.FCOS
-        missing = [f for f in fcos.IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {sorted(input_shape)}"
-            )
+        shapes = feature_shapes(input_shape, fcos.IN_FEATURES, "MODEL.FCOS.IN_FEATURES")
         if len(fcos.FPN_STRIDES) != len(fcos.IN_FEATURES):
             raise ValueError("MODEL.FCOS.FPN_STRIDES needs one stride per MODEL.FCOS.IN_FEATURES")
-        shapes = [input_shape[f] for f in fcos.IN_FEATURES]
         return {
             "in_features": list(fcos.IN_FEATURES),
             "strides": list(fcos.FPN_STRIDES),
