@@ -50,11 +50,12 @@ def maskiou_targets(mask_logits: Tensor, instances: List[Instances]) -> Tensor:
     if not instances:
         return mask_logits.new_zeros((0,))
     resolution = mask_logits.shape[-1]
-    gt = crop_gt_masks(instances, "proposal_boxes", resolution).to(mask_logits)
-    boxes = cat([x.proposal_boxes.tensor for x in instances]).to(mask_logits)
+    # counted in float32 whatever the logits' dtype: areas in pixels overflow float16
+    gt = crop_gt_masks(instances, "proposal_boxes", resolution).to(mask_logits.device).float()
+    boxes = cat([x.proposal_boxes.tensor for x in instances]).to(mask_logits.device).float()
     box_areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0)
-    gt_areas = cat([_mask_areas(x.gt_masks) for x in instances]).to(mask_logits) * resolution**2 / box_areas
-    pred = (mask_logits > 0).to(mask_logits)
+    gt_areas = cat([_mask_areas(x.gt_masks) for x in instances]).to(mask_logits.device) * resolution**2 / box_areas
+    pred = (mask_logits > 0).float()
     overlap = (pred * gt).flatten(1).sum(dim=1)
     union = pred.flatten(1).sum(dim=1) + torch.maximum(gt_areas, gt.flatten(1).sum(dim=1)) - overlap
     return overlap / union.clamp(min=1.0)

@@ -119,6 +119,16 @@ def test_maskiou_targets_on_hand_made_masks():
     assert torch.allclose(maskiou_targets(full, [poly]), torch.tensor([0.5]))
 
 
+def test_maskiou_targets_of_float16_logits_count_large_areas_in_float32():
+    gt = torch.zeros(512, 512, dtype=torch.bool)
+    gt[:400, :] = True  # 204800 pixels, past float16's largest value (65504); the box holds 160000
+    inst = Instances((512, 512))
+    inst.proposal_boxes = Boxes(torch.tensor([[0, 0, 400, 400.0]]))
+    inst.gt_masks = BitMasks(gt[None])
+    full = torch.full((1, 4, 4), 5.0, dtype=torch.float16)
+    assert torch.allclose(maskiou_targets(full, [inst]), torch.tensor([160000 / 204800]))
+
+
 def test_full_centermask_parameter_names():
     cfg = build_config("configs/CenterMask/centermask_V_39_eSE_FPN_ms_3x.yaml")
     keys = {k: v.shape for k, v in build_model(cfg).state_dict().items()}
