@@ -30,7 +30,7 @@ class BasisModule(nn.Module):
         self,
         *,
         in_features: List[str],
-        in_channels: int,
+        in_shape: ShapeSpec,
         convs_dim: int,
         num_bases: int,
         num_convs: int,
@@ -41,7 +41,7 @@ class BasisModule(nn.Module):
         """
         Args:
             in_features: FPN levels fused into the bases, finest first (e.g. p3, p4, p5).
-            in_channels: C.
+            in_shape: shape of in_features[0] (C channels, stride s); every level has C channels.
             convs_dim: D, width of the module.
             num_bases: K.
             num_convs: 3x3 convs before the 2x upsampling.
@@ -51,6 +51,9 @@ class BasisModule(nn.Module):
         """
         super().__init__()
         self.in_features = in_features
+        # the bases: K channels at half the stride of the finest input (the tower upsamples 2x)
+        self.output_shape = ShapeSpec(channels=num_bases, stride=in_shape.stride // 2)
+        in_channels = in_shape.channels
         self.num_classes = num_classes
         self.refine = nn.ModuleList(_conv_block(in_channels, convs_dim, norm) for _ in in_features)
         tower = [_conv_block(convs_dim, convs_dim, norm) for _ in range(num_convs)]
@@ -74,7 +77,7 @@ class BasisModule(nn.Module):
         basis = cfg.MODEL.BASIS_MODULE
         return {
             "in_features": list(basis.IN_FEATURES),
-            "in_channels": feature_shapes(input_shape, basis.IN_FEATURES, "MODEL.BASIS_MODULE.IN_FEATURES")[0].channels,
+            "in_shape": feature_shapes(input_shape, basis.IN_FEATURES, "MODEL.BASIS_MODULE.IN_FEATURES")[0],
             "convs_dim": basis.CONVS_DIM,
             "num_bases": basis.NUM_BASES,
             "num_convs": basis.NUM_CONVS,

@@ -60,12 +60,14 @@ class BlendMask(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
+        # FCOS before the bottom module: the order sets their random initialisation at a SEED
+        proposal_generator = FCOS(cfg, shapes)
+        basis_module = BasisModule(cfg, shapes)
         return {
             "backbone": backbone,
-            "proposal_generator": FCOS(cfg, shapes),
-            "basis_module": BasisModule(cfg, shapes),
-            # the bottom module upsamples its first input feature 2x
-            "blender": Blender(cfg, bases_stride=shapes[cfg.MODEL.BASIS_MODULE.IN_FEATURES[0]].stride // 2),
+            "proposal_generator": proposal_generator,
+            "basis_module": basis_module,
+            "blender": Blender(cfg, bases_stride=basis_module.output_shape.stride),
             "top_layer_in_channels": shapes[cfg.MODEL.FCOS.IN_FEATURES[0]].channels,
             "instance_loss_weight": cfg.MODEL.BLENDMASK.INSTANCE_LOSS_WEIGHT,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,

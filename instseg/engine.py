@@ -91,6 +91,11 @@ def _unknown_key_message(cfg: CfgNode, error: str, where: str) -> str:
     return f"unknown config key {key}{where}{hint}"
 
 
+def evaluation_dir(output_dir: str, dataset_name: str) -> str:
+    """Where Trainer.test writes the predictions and results of a dataset (detectron2's layout)."""
+    return os.path.join(output_dir, "inference", dataset_name)
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with this project's checkpointer (safe loading, atomic saving),
     dataset mapper (clear errors on bad images) and evaluator (box, mask and Boundary AP, with or
@@ -122,7 +127,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            output_folder = evaluation_dir(cfg.OUTPUT_DIR, dataset_name)
         return BoundaryCOCOEvaluator(
             dataset_name,
             output_dir=output_folder,

@@ -92,10 +92,11 @@ def summarize(matches: list) -> dict:
 
 
 def results_file(run: str, dataset: str) -> str:
-    for path in (
-        os.path.join(run, dataset, "inference", dataset, "coco_instances_results.json"),
-        os.path.join(run, "inference", dataset, "coco_instances_results.json"),
-    ):
+    from instseg.engine import evaluation_dir
+
+    # output folders of projects/benchmark.py's evaluation of the final model, and of training
+    for output_dir in (os.path.join(run, dataset), run):
+        path = os.path.join(evaluation_dir(output_dir, dataset), "coco_instances_results.json")
         if os.path.exists(path):
             return path
     raise FileNotFoundError(f"no coco_instances_results.json for dataset {dataset!r} in run {run!r}: evaluate it first")

@@ -8,7 +8,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.structures import Instances
 from torch import Tensor
 
-from instseg.modeling import InstSegROIHeads, feature_shapes
+from instseg.modeling import InstSegROIHeads
 
 from .mask_head import RefineMaskHead
 from .semantic_head import SemanticHead
@@ -17,30 +17,24 @@ from .semantic_head import SemanticHead
 @ROI_HEADS_REGISTRY.register()
 class RefineROIHeads(InstSegROIHeads):
     @configurable
-    def __init__(self, *, semantic_head: SemanticHead, semantic_in_feature: str, **kwargs):
+    def __init__(self, *, semantic_head: SemanticHead, **kwargs):
         """Arguments as StandardROIHeads (its mask head being a RefineMaskHead), plus the semantic
-        head and the feature it runs on."""
+        head whose outputs the mask head refines with."""
         super().__init__(**kwargs)
         self.semantic_head = semantic_head
-        self.semantic_in_feature = semantic_in_feature
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["semantic_head"] = SemanticHead(cfg, input_shape)
-        ret["semantic_in_feature"] = cfg.MODEL.REFINEMASK.SEMANTIC_IN_FEATURE
-        return ret
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         pooler_args, pooled = cls._init_mask_pooler(cfg, input_shape)
-        key = "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE"
-        (semantic,) = feature_shapes(input_shape, [cfg.MODEL.REFINEMASK.SEMANTIC_IN_FEATURE], key)
-        head = RefineMaskHead(cfg, pooled, semantic_channels=cfg.MODEL.REFINEMASK.CONV_DIM, semantic_stride=semantic.stride)
-        return dict(pooler_args, mask_head=head)
+        semantic_args = SemanticHead.from_config(cfg, input_shape)
+        mask_head = RefineMaskHead(
+            cfg, pooled, semantic_channels=semantic_args["conv_dim"], semantic_stride=semantic_args["in_shape"].stride
+        )
+        # the semantic head after the mask head: the order sets their random initialisation at a SEED
+        return dict(pooler_args, mask_head=mask_head, semantic_head=SemanticHead(**semantic_args))
 
     def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
-        semantic_feat, semantic_logits = self.semantic_head(features[self.semantic_in_feature])
+        semantic_feat, semantic_logits = self.semantic_head(features[self.semantic_head.in_feature])
         # the semantic outputs travel to _forward_mask with the other feature maps
         features = dict(features, refinemask_semantic=semantic_feat, refinemask_semantic_logits=semantic_logits)
         instances, losses = super().forward(images, features, proposals, targets)

@@ -7,7 +7,7 @@ from typing import List, Tuple
 
 import fvcore.nn.weight_init as weight_init
 from detectron2.config import configurable
-from detectron2.layers import Conv2d
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -17,11 +17,21 @@ from instseg.modeling import feature_shapes, semantic_targets
 
 class SemanticHead(nn.Module):
     @configurable
-    def __init__(self, *, in_channels: int, conv_dim: int, num_convs: int, num_classes: int, loss_weight: float):
+    def __init__(
+        self, *, in_feature: str, in_shape: ShapeSpec, conv_dim: int, num_convs: int, num_classes: int, loss_weight: float
+    ):
+        """
+        Args:
+            in_feature, in_shape: the feature map it runs on (P2) and its shape.
+            conv_dim, num_convs: width and number of the 3x3 convs.
+            num_classes: classes of the dataset (the targets are their union).
+            loss_weight: weight of the foreground loss.
+        """
         super().__init__()
+        self.in_feature = in_feature
         self.num_classes = num_classes
         self.convs = nn.ModuleList(
-            Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU())
+            Conv2d(in_shape.channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU())
             for i in range(num_convs)
         )
         self.logits = nn.Conv2d(conv_dim, 1, 1)
@@ -34,8 +44,10 @@ class SemanticHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape):
         rm = cfg.MODEL.REFINEMASK
+        (in_shape,) = feature_shapes(input_shape, [rm.SEMANTIC_IN_FEATURE], "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE")
         return {
-            "in_channels": feature_shapes(input_shape, [rm.SEMANTIC_IN_FEATURE], "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE")[0].channels,
+            "in_feature": rm.SEMANTIC_IN_FEATURE,
+            "in_shape": in_shape,
             "conv_dim": rm.CONV_DIM,
             "num_convs": rm.NUM_SEMANTIC_CONVS,
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
