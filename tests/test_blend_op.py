@@ -77,6 +77,30 @@ def test_empty_boxes():
     assert torch.equal(bases.grad, torch.zeros_like(bases))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sampling_ratio", [1, 0])
+def test_non_finite_boxes_blend_to_zero(device, sampling_ratio):
+    """A diverged model's boxes (NaN, inf, astronomically large) used to read memory at undefined
+    indices (a segfault); they crop nothing now, and the other boxes are unaffected."""
+    bases, rois, attns = make_inputs(6, torch.float64, device=device)
+    bad = torch.tensor(
+        [[0, float("nan"), 1.0, 5.0, 6.0], [1, 1.0, 1.0, float("inf"), 6.0], [0, 0.0, 0.0, 1e30, 1e30]],
+        dtype=torch.float64,
+        device=device,
+    )
+    bad_attns = torch.randn(len(bad), *attns.shape[1:], dtype=torch.float64, device=device)
+    bases.requires_grad_(True)
+    out = blend(bases, torch.cat([rois, bad]), torch.cat([attns, bad_attns]), 0.25, 8, sampling_ratio)
+    out.sum().backward()
+    assert torch.equal(out[len(rois):], torch.zeros_like(out[len(rois):]))
+    grad_with_bad = bases.grad.clone()
+    bases.grad = None
+    expected = blend(bases, rois, attns, 0.25, 8, sampling_ratio)
+    expected.sum().backward()
+    torch.testing.assert_close(out[: len(rois)], expected, rtol=0, atol=0)
+    torch.testing.assert_close(grad_with_bad, bases.grad)  # summed in another order
+
+
 def test_torch_compile_traces_the_op():
     bases, rois, attns = make_inputs(3)
     compiled = torch.compile(lambda b, r, a: blend(b, r, a, 0.25, 8), backend="eager", fullgraph=True)
@@ -90,7 +114,9 @@ def test_torch_compile_traces_the_op():
         (lambda b, r, a: (b, r[:, :4], a), "rois must be \\(P, 5\\)"),
         (lambda b, r, a: (b, r, a[:, :3]), "attns must be \\(P, K, A, A\\)"),
         (lambda b, r, a: (b, r.double(), a), "must have the bases' dtype"),
-        (lambda b, r, a: (b.repeat(1, 5, 1, 1), r, a.repeat(1, 5, 1, 1)), "at most 16 bases"),
+        (lambda b, r, a: (b.repeat(1, 5, 1, 1), r, a.repeat(1, 5, 1, 1)), "K must be 1 to 16 bases, got 20"),
+        (lambda b, r, a: (b[:, :0], r, a[:, :0]), "K must be 1 to 16 bases, got 0"),
+        (lambda b, r, a: (b, r, a[:, :, :0, :0]), "attns must have a positive size A"),
     ],
 )
 def test_clear_errors(change, message):

@@ -105,6 +105,33 @@ def test_hand_computed_values():
     assert torch.all(roi_align(x, outside, 2, 1.0, 2, aligned=True) == 0)
 
 
+NON_FINITE_ROIS = [
+    [0, float("nan"), 1.0, 5.0, 6.0],
+    [1, 1.0, 1.0, float("inf"), 6.0],
+    [0, float("-inf"), float("nan"), 3.0, float("inf")],
+    [1, 0.0, 0.0, 1e30, 1e30],  # finite, but over 2^24 samples per bin
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, 2), (False, 0), (True, 0)])
+def test_non_finite_boxes_pool_to_zero(device, aligned, sampling_ratio):
+    """A diverged model's boxes (NaN, inf, astronomically large) used to read memory at undefined
+    indices (a segfault); they sample nothing now, and the other boxes are unaffected."""
+    x = torch.rand(2, 3, 8, 9, dtype=torch.float64, device=device, requires_grad=True)
+    good = random_rois(5, 8, 9, 2, torch.float64).to(device)
+    bad = torch.tensor(NON_FINITE_ROIS, dtype=torch.float64, device=device)
+    out = roi_align(x, torch.cat([good, bad]), 3, 1.0, sampling_ratio, aligned)
+    out.sum().backward()
+    assert torch.equal(out[len(good):], torch.zeros_like(out[len(good):]))
+    grad_with_bad = x.grad.clone()
+    x.grad = None
+    expected = roi_align(x, good, 3, 1.0, sampling_ratio, aligned)
+    expected.sum().backward()
+    torch.testing.assert_close(out[: len(good)], expected, rtol=0, atol=0)
+    torch.testing.assert_close(grad_with_bad, x.grad)  # summed in another order
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("aligned,sampling_ratio", [(True, 2), (False, 0), (True, -1)])

@@ -22,7 +22,10 @@ inline void check_blend_args(
       "blend: attns must be (P, K, A, A) with P = ", rois.size(0), " rois and K = ", bases.size(1),
       " bases, got shape ", attns.sizes());
   TORCH_CHECK(
-      bases.size(1) <= kMaxBases, "blend: at most ", kMaxBases, " bases, got ", bases.size(1));
+      attns.size(2) > 0, "blend: attns must have a positive size A, got shape ", attns.sizes());
+  TORCH_CHECK(
+      bases.size(1) >= 1 && bases.size(1) <= kMaxBases, "blend: K must be 1 to ", kMaxBases, " bases, got ",
+      bases.size(1));
   TORCH_CHECK(
       at::isFloatingType(bases.scalar_type()),
       "blend: bases must be a floating-point tensor, got ", bases.scalar_type());

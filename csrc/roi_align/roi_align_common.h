@@ -11,7 +11,8 @@
 namespace instseg {
 
 // One bilinear sample along one axis of a plane of `size` pixels: the two neighbouring pixels and
-// their weights. A sample more than one pixel outside the plane gets zero weights. Bilinear weights
+// their weights. A sample more than one pixel outside the plane, or at NaN (the box of a diverged
+// model), gets zero weights and reads pixel 0. Bilinear weights
 // are separable, so a 2-D sample at (y, x) is the product of an y- and an x-sample.
 template <typename T>
 struct AxisSample {
@@ -23,7 +24,7 @@ struct AxisSample {
 
 template <typename T>
 C10_HOST_DEVICE inline AxisSample<T> axis_sample(T v, int size) {
-  if (v < T(-1) || v > T(size)) {
+  if (!(v >= T(-1) && v <= T(size))) {
     return {0, 0, T(0), T(0)};
   }
   if (v <= T(0)) {
@@ -61,6 +62,18 @@ struct RoIBins {
   }
 };
 
+// Samples per bin along one axis: sampling_ratio, or ceil(extent / bins) when that is <= 0. None for
+// an empty box, and for a NaN, infinite or absurdly large one (over 2^24 samples per bin: a diverged
+// model's), whose conversion to int could be undefined.
+template <typename T>
+C10_HOST_DEVICE inline int grid_size(int sampling_ratio, T extent, int bins) {
+  if (sampling_ratio > 0) {
+    return sampling_ratio;
+  }
+  const T n = ceil(extent / static_cast<T>(bins));
+  return n >= T(1) && n <= T(1 << 24) ? static_cast<int>(n) : 0;
+}
+
 // `roi` is (batch_index, x1, y1, x2, y2) in image coordinates; `scale` maps them to the feature map.
 template <typename T, typename R>
 C10_HOST_DEVICE inline RoIBins<T> roi_bins(
@@ -83,10 +96,10 @@ C10_HOST_DEVICE inline RoIBins<T> roi_bins(
   }
   b.bin_h = roi_h / static_cast<T>(pooled_height);
   b.bin_w = roi_w / static_cast<T>(pooled_width);
-  b.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int>(ceil(roi_h / pooled_height));
-  b.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int>(ceil(roi_w / pooled_width));
-  int count = b.grid_h * b.grid_w;
-  b.count = static_cast<T>(count > 1 ? count : 1);
+  b.grid_h = grid_size(sampling_ratio, roi_h, pooled_height);
+  b.grid_w = grid_size(sampling_ratio, roi_w, pooled_width);
+  const T count = static_cast<T>(b.grid_h) * static_cast<T>(b.grid_w);
+  b.count = count > T(1) ? count : T(1);
   return b;
 }
 
