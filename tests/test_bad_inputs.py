@@ -86,6 +86,13 @@ def test_corrupt_image_is_named(tmp_path, damage):
         mapped(name)
 
 
+def test_image_too_elongated_to_resize_is_named(tmp_path):
+    # resized to at most 64 px on its long side, a 2000 x 3 image would be 0 pixels wide
+    name = write_dataset(tmp_path, [("needle.png", rgb(3, 2000), 3, 2000)], [[square(0, 5, 2)]])
+    with pytest.raises(ValueError, match=r"cannot augment image .*needle\.png' \(3x2000\) with .*ResizeShortestEdge"):
+        mapped(name)
+
+
 def test_grayscale_rgba_and_16_bit_images_become_8_bit_bgr(tmp_path):
     gray = np.full((64, 64), 77, np.uint8)
     rgba = np.zeros((64, 64, 4), np.uint8)

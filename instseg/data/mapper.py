@@ -60,7 +60,13 @@ class InstSegDatasetMapper(DatasetMapper):
         image = read_image(dataset_dict["file_name"], format=self.image_format)
         check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
+        try:
+            transforms = self.augmentations(aug_input)
+        except ValueError as e:  # e.g. an image so elongated that resizing leaves 0 pixels on a side
+            height, width = image.shape[:2]
+            raise ValueError(
+                f"cannot augment image {dataset_dict['file_name']!r} ({width}x{height}) with {self.augmentations}: {e}"
+            ) from e
         image = aug_input.image
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if not self.is_train:
