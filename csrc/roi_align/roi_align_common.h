@@ -12,8 +12,8 @@ namespace instseg {
 
 // One bilinear sample along one axis of a plane of `size` pixels: the two neighbouring pixels and
 // their weights. A sample more than one pixel outside the plane, or at NaN (the box of a diverged
-// model), gets zero weights and reads pixel 0. Bilinear weights
-// are separable, so a 2-D sample at (y, x) is the product of an y- and an x-sample.
+// model), gets zero weights and reads pixel 0. Bilinear weights are separable, so a 2-D sample at
+// (y, x) is the product of an y- and an x-sample.
 template <typename T>
 struct AxisSample {
   int low;
