@@ -2,7 +2,7 @@
 (torchvision roi_align + F.interpolate + softmax + weighted sum), forward + backward.
 
 Both run on the same inputs: 100 boxes on one image's bases (K = 4, stride 4 of an 800 x 1216 image),
-R = 56, attentions A = 14. Time is the median of repeats in this process. Peak memory is measured in
+R = 56, attentions A = 14. Time is the median of repeats in this process, the variants taking turns. Peak memory is measured in
 a fresh subprocess per variant: on CPU as the peak resident set size during one forward + backward
 (Linux VmHWM, reset just before) minus the resident size before it, with glibc returning every block
 over 64 KiB to the system when freed (MALLOC_MMAP_THRESHOLD_) so that the peak follows live memory;
@@ -45,18 +45,22 @@ def step(fn, bases, rois, attns):
     masks.backward(torch.ones_like(masks))
 
 
-def time_variant(fn, inputs, repeats, warmup=2):
-    times = []
+def time_variants(inputs, repeats, warmup=3):
+    """Median seconds of each variant's step. The variants take turns, so that both see the same
+    machine: on a shared 2-core VM, timing one block after the other moved the ratio between 2.4x
+    and 3.7x from run to run."""
+    times = {name: [] for name in VARIANTS}
     for i in range(warmup + repeats):
-        if inputs[0].is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(fn, *inputs)
-        if inputs[0].is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in VARIANTS.items():
+            if inputs[0].is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(fn, *inputs)
+            if inputs[0].is_cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory_bytes(variant, args):
@@ -80,7 +84,7 @@ def main():
         return
     torch.set_num_threads(args.threads)
     inputs = make_inputs(args.boxes, args.device)
-    seconds = {name: time_variant(fn, inputs, args.repeats) for name, fn in VARIANTS.items()}
+    seconds = time_variants(inputs, args.repeats)
     memory = {}
     for name in VARIANTS:
         cmd = [sys.executable, __file__, "--memory-of", name, "--device", args.device,
