@@ -2,11 +2,12 @@
 (torchvision roi_align + F.interpolate + softmax + weighted sum), forward + backward.
 
 Both run on the same inputs: 100 boxes on one image's bases (K = 4, stride 4 of an 800 x 1216 image),
-R = 56, attentions A = 14. Time is the median of repeats in this process, the variants taking turns. Peak memory is measured in
-a fresh subprocess per variant: on CPU as the peak resident set size during one forward + backward
-(Linux VmHWM, reset just before) minus the resident size before it, with glibc returning every block
-over 64 KiB to the system when freed (MALLOC_MMAP_THRESHOLD_) so that the peak follows live memory;
-on GPU as the growth of torch.cuda.max_memory_allocated. Ratios are reference / fused.
+R = 56, attentions A = 14. Time is the median of repeats in this process, the variants taking
+turns. Peak memory is measured in a fresh subprocess per variant: on CPU as the peak resident set
+size during one forward + backward (Linux VmHWM, reset just before) minus the resident size before
+it, with glibc returning every block over 64 KiB to the system when freed (MALLOC_MMAP_THRESHOLD_) so
+that the peak follows live memory; on GPU as the growth of torch.cuda.max_memory_allocated. Ratios
+are reference / fused.
 
     python projects/benchmark_blender.py                  # CPU, 2 threads
     python projects/benchmark_blender.py --device cuda
@@ -46,9 +47,9 @@ def step(fn, bases, rois, attns):
 
 
 def time_variants(inputs, repeats, warmup=3):
-    """Median seconds of each variant's step. The variants take turns, so that both see the same
-    machine: on a shared 2-core VM, timing one block after the other moved the ratio between 2.4x
-    and 3.7x from run to run."""
+    """Median seconds of each variant's step. The variants take turns, so that both are timed on
+    the same machine state rather than one block after the other. This does not remove the run-to-run
+    spread of the fused op on a shared 2-core VM (2.1x to 3.5x; see the README)."""
     times = {name: [] for name in VARIANTS}
     for i in range(warmup + repeats):
         for name, fn in VARIANTS.items():
