@@ -22,7 +22,7 @@ def test_semantic_targets_from_instances():
     b = Instances((2, 2))
     b.gt_masks = PolygonMasks([[[0, 0, 2, 0, 2, 2, 0, 2]]])
     b.gt_classes = torch.tensor([1])
-    out = semantic_targets([a, b], (4, 8), num_classes=3)
+    out = semantic_targets([a, b], (4, 8), num_classes=3, out_size=(4, 8))
     expected = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0],
                              [1, 1, 3, 3, 3, 0, 0, 0],
                              [1, 1, 3, 3, 3, 0, 0, 0],
@@ -32,7 +32,7 @@ def test_semantic_targets_from_instances():
     # the targets of a stride-2 feature map: every other pixel from the first
     assert torch.equal(semantic_targets([a, b], (4, 8), 3, out_size=(2, 4)), out[:, ::2, ::2])
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NUM_CLASSES"):
-        semantic_targets([a], (4, 8), num_classes=2)
+        semantic_targets([a], (4, 8), num_classes=2, out_size=(4, 8))
 
 
 def test_parameter_names_match_adelaidet():
