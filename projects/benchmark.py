@@ -310,6 +310,11 @@ def _log_minutes(output_dir):
     return (time.mktime(last) - time.mktime(first)) / 60
 
 
+def final_evaluation_dir(out, dataset):
+    """The OUTPUT_DIR of evaluate_final_model's evaluation of the run in `out` on `dataset`."""
+    return os.path.join(out, dataset)
+
+
 def evaluate_final_model(out, dataset=TEST_SPLIT):
     """Evaluate the final model of the run in `out`, built from the run's own config.yaml, on
     `dataset`; the metrics are kept in <out>/<dataset>/metrics.json and evaluated again only when
@@ -320,7 +325,7 @@ def evaluate_final_model(out, dataset=TEST_SPLIT):
     from instseg.engine import Trainer, build_config
 
     weights = os.path.join(out, "model_final.pth")
-    cache = os.path.join(out, dataset, "metrics.json")
+    cache = os.path.join(final_evaluation_dir(out, dataset), "metrics.json")
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(weights):
         with open(cache) as f:
             return json.load(f)

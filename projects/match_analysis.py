@@ -92,10 +92,11 @@ def summarize(matches: list) -> dict:
 
 
 def results_file(run: str, dataset: str) -> str:
+    from benchmark import final_evaluation_dir
     from instseg.engine import evaluation_dir
 
     # output folders of projects/benchmark.py's evaluation of the final model, and of training
-    for output_dir in (os.path.join(run, dataset), run):
+    for output_dir in (final_evaluation_dir(run, dataset), run):
         path = os.path.join(evaluation_dir(output_dir, dataset), "coco_instances_results.json")
         if os.path.exists(path):
             return path
