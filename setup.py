@@ -30,8 +30,10 @@ def _pip_cuda_include_dirs():
 
 def get_extensions():
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "*", "*.cpp")))
-    # at::parallel_for expands to an OpenMP region in the headers; without -fopenmp it runs serially
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    # at::parallel_for expands to an OpenMP region in the headers; without -fopenmp it runs serially.
+    # -fno-trapping-math lets GCC turn float compares into selects, so loops with a clamp (the
+    # blender's softmax exp) vectorize; nothing here reads floating-point exception flags.
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-fno-trapping-math"]}
     extension = CppExtension
     include_dirs = [os.path.join(ROOT, CSRC)]
     if _want_cuda():
