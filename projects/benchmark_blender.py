@@ -49,7 +49,7 @@ def step(fn, bases, rois, attns):
 def time_variants(inputs, repeats, warmup=3):
     """Median seconds of each variant's step. The variants take turns, so that both are timed on
     the same machine state rather than one block after the other. This does not remove the run-to-run
-    spread of the fused op on a shared 2-core VM (2.1x to 3.5x; see the README)."""
+    spread of the fused op with two threads on a shared 2-core VM (4.4x to 6.1x; see the README)."""
     times = {name: [] for name in VARIANTS}
     for i in range(warmup + repeats):
         for name, fn in VARIANTS.items():

@@ -71,10 +71,11 @@ inline double softmax_exp(double x) {
 
 // The blend of one box as R x R planes (index y * R + x): crop[k], the RoIAlign of base k;
 // weight[k], the softmax over k of the resized attention logits; mask = sum_k weight[k] * crop[k].
-// `inv_total` (R x R) and `rows` (A x R, the separable attention resize) are scratch.
+// `inv_total` (R x R), `rows` (A x R, the separable attention resize) and `crop_rows` (RoIAlign's
+// separable passes) are scratch.
 template <typename T>
 struct BoxPlanes {
-  std::vector<T> crop, weight, mask, inv_total, rows;
+  std::vector<T> crop, weight, mask, inv_total, rows, crop_rows;
   explicit BoxPlanes(const BlendGeometry<T>& g)
       : crop(g.num_bases * g.output_size * g.output_size),
         weight(g.num_bases * g.output_size * g.output_size),
@@ -90,7 +91,7 @@ void blend_box(const RoISamples<T>& r, const BoxSamples<T>& s, const T* base, co
   const int64_t plane = g.height * g.width;
   const int64_t attn_plane = g.attn_size * g.attn_size;
   for (int64_t k = 0; k < g.num_bases; ++k) {
-    forward_plane(r, base + k * plane, g.width, R, R, out.crop.data() + k * n);
+    forward_plane(r, base + k * plane, g.width, R, R, out.crop_rows, out.crop.data() + k * n);
     // attention resize, separably: along x into `rows` (A x R), then along y (vectorizes over x)
     const T* a = attn + k * attn_plane;
     T* rows = out.rows.data();
@@ -275,7 +276,9 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
           for (int64_t i = 0; i < n; ++i) {
             grad_crop[i] = gout[i] * weight[i];
           }
-          backward_plane(r, grad_crop.data(), output_size, 1, g.width, output_size, output_size, grad_base + k * plane);
+          backward_plane(
+              r, grad_crop.data(), output_size, 1, g.width, output_size, output_size,
+              planes.crop_rows, grad_base + k * plane);
         }
       }
     });

@@ -1,5 +1,5 @@
-// RoIAlign CPU kernels. Bilinear weights are separable, so each RoI keeps one list of y-samples and
-// one of x-samples (computed once, shared by all channels) instead of a weight per 2-D sample.
+// RoIAlign CPU kernels. Each RoI's samples are computed once and shared by all channels
+// (roi_samples_cpu.h, which pools a plane in two separable passes).
 // Forward runs in parallel over (RoI, channel) pairs; backward runs in parallel over channels, so
 // that no two threads ever add into the same gradient plane.
 #include <ATen/ATen.h>
@@ -44,12 +44,13 @@ at::Tensor roi_align_forward_cpu(
     const int64_t plane = static_cast<int64_t>(height) * width;
     const int64_t bins = pooled_height * pooled_width;
     at::parallel_for(0, num_rois * channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> rows;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r = i / channels;
         const int64_t c = i % channels;
         const RoISamples<scalar_t>& s = samples[r];
         forward_plane(
-            s, in + (s.bins.batch * channels + c) * plane, width, pooled_height, pooled_width,
+            s, in + (s.bins.batch * channels + c) * plane, width, pooled_height, pooled_width, rows,
             out + i * bins);
       }
     });
@@ -87,11 +88,12 @@ at::Tensor roi_align_backward_cpu(
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     const int64_t plane = height * width;
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> rows;
       for (int64_t c = begin; c < end; ++c) {
         for (size_t r = 0; r < samples.size(); ++r) {
           const RoISamples<scalar_t>& s = samples[r];
           backward_plane(
-              s, g + r * sr + c * sc, sh, sw, width, pooled_height, pooled_width,
+              s, g + r * sr + c * sc, sh, sw, width, pooled_height, pooled_width, rows,
               gi + (s.bins.batch * channels + c) * plane);
         }
       }

@@ -1,9 +1,17 @@
 // Per-RoI bilinear samples for the CPU kernels (RoIAlign, blender): computed once per RoI and shared
 // by all channels / output pixels; and RoIAlign of one plane with them, forward and backward.
+//
+// Bilinear weights are separable, so a plane is pooled in two passes: along x, each plane row
+// that the y-samples read is interpolated once into a (rows read) x pooled_width buffer; then
+// along y, out of that buffer, in loops over pw that vectorize. When a box spans fewer pixels
+// than it has samples (the blender's 56 x 56 crops), neighbouring samples share rows, which a
+// four-taps-per-sample loop would read again for each of them. Backward runs the two passes
+// transposed.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "roi_align_common.h"
@@ -11,10 +19,12 @@
 namespace instseg {
 
 // The y- and x-samples of every bin of one RoI: y-samples of bin row ph are
-// ys[ph * grid_h, (ph + 1) * grid_h), likewise xs for bin column pw.
+// ys[ph * grid_h, (ph + 1) * grid_h), likewise xs for bin column pw. A y-sample's low / high index
+// `rows`, the plane rows read (increasing, each once); an x-sample's are plane columns.
 template <typename T>
 struct RoISamples {
   RoIBins<T> bins;
+  std::vector<int> rows;
   std::vector<AxisSample<T>> ys;
   std::vector<AxisSample<T>> xs;
 };
@@ -42,8 +52,20 @@ inline std::vector<RoISamples<T>> sample_rois(
     s.bins = roi_bins<T>(roi, scale, pooled_height, pooled_width, sampling_ratio, aligned);
     for (int ph = 0; ph < pooled_height; ++ph) {
       for (int iy = 0; iy < s.bins.grid_h; ++iy) {
-        s.ys.push_back(axis_sample(s.bins.sample_y(ph, iy), height));
+        const AxisSample<T> y = axis_sample(s.bins.sample_y(ph, iy), height);
+        s.ys.push_back(y);
+        s.rows.push_back(y.low);
+        s.rows.push_back(y.high);
       }
+    }
+    std::sort(s.rows.begin(), s.rows.end());
+    s.rows.erase(std::unique(s.rows.begin(), s.rows.end()), s.rows.end());
+    const auto slot = [&s](int row) {
+      return static_cast<int>(std::lower_bound(s.rows.begin(), s.rows.end(), row) - s.rows.begin());
+    };
+    for (AxisSample<T>& y : s.ys) {
+      y.low = slot(y.low);
+      y.high = slot(y.high);
     }
     for (int pw = 0; pw < pooled_width; ++pw) {
       for (int ix = 0; ix < s.bins.grid_w; ++ix) {
@@ -54,7 +76,7 @@ inline std::vector<RoISamples<T>> sample_rois(
   return out;
 }
 
-// RoIAlign of one input plane: out[ph * pooled_width + pw].
+// RoIAlign of one input plane: out[ph * pooled_width + pw]. `rows` is scratch.
 template <typename T>
 void forward_plane(
     const RoISamples<T>& s,
@@ -62,28 +84,41 @@ void forward_plane(
     int width,
     int pooled_height,
     int pooled_width,
+    std::vector<T>& rows,
     T* out) {
   const int grid_h = s.bins.grid_h > 0 ? s.bins.grid_h : 0;
   const int grid_w = s.bins.grid_w > 0 ? s.bins.grid_w : 0;
-  for (int ph = 0; ph < pooled_height; ++ph) {
+  rows.resize(s.rows.size() * pooled_width);
+  for (size_t j = 0; j < s.rows.size(); ++j) {
+    const T* src = plane + static_cast<int64_t>(s.rows[j]) * width;
+    T* dst = rows.data() + j * pooled_width;
     for (int pw = 0; pw < pooled_width; ++pw) {
       T acc = 0;
-      for (int iy = 0; iy < grid_h; ++iy) {
-        const AxisSample<T>& y = s.ys[ph * grid_h + iy];
-        const T* row_low = plane + y.low * width;
-        const T* row_high = plane + y.high * width;
-        for (int ix = 0; ix < grid_w; ++ix) {
-          const AxisSample<T>& x = s.xs[pw * grid_w + ix];
-          acc += y.w_low * (x.w_low * row_low[x.low] + x.w_high * row_low[x.high]) +
-              y.w_high * (x.w_low * row_high[x.low] + x.w_high * row_high[x.high]);
-        }
+      for (int ix = 0; ix < grid_w; ++ix) {
+        const AxisSample<T>& x = s.xs[pw * grid_w + ix];
+        acc += x.w_low * src[x.low] + x.w_high * src[x.high];
       }
-      out[ph * pooled_width + pw] = acc / s.bins.count;
+      dst[pw] = acc;
+    }
+  }
+  const T inv_count = T(1) / s.bins.count;
+  for (int ph = 0; ph < pooled_height; ++ph) {
+    T* dst = out + ph * pooled_width;
+    std::fill(dst, dst + pooled_width, T(0));
+    for (int iy = 0; iy < grid_h; ++iy) {
+      const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+      const T* low = rows.data() + y.low * pooled_width;
+      const T* high = rows.data() + y.high * pooled_width;
+      const T w_low = y.w_low * inv_count, w_high = y.w_high * inv_count;
+      for (int pw = 0; pw < pooled_width; ++pw) {
+        dst[pw] += w_low * low[pw] + w_high * high[pw];
+      }
     }
   }
 }
 
 // Adds the gradient of forward_plane into grad_plane; grad_out is read with the given strides.
+// `rows` is scratch.
 template <typename T>
 void backward_plane(
     const RoISamples<T>& s,
@@ -93,25 +128,34 @@ void backward_plane(
     int width,
     int pooled_height,
     int pooled_width,
+    std::vector<T>& rows,
     T* grad_plane) {
   const int grid_h = s.bins.grid_h > 0 ? s.bins.grid_h : 0;
   const int grid_w = s.bins.grid_w > 0 ? s.bins.grid_w : 0;
+  rows.assign(s.rows.size() * pooled_width, T(0));
+  const T inv_count = T(1) / s.bins.count;
   for (int ph = 0; ph < pooled_height; ++ph) {
+    const T* src = grad_out + ph * grad_stride_h;
+    for (int iy = 0; iy < grid_h; ++iy) {
+      const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+      T* low = rows.data() + y.low * pooled_width;
+      T* high = rows.data() + y.high * pooled_width;
+      const T w_low = y.w_low * inv_count, w_high = y.w_high * inv_count;
+      for (int pw = 0; pw < pooled_width; ++pw) {
+        const T g = src[pw * grad_stride_w];
+        low[pw] += w_low * g;
+        high[pw] += w_high * g;
+      }
+    }
+  }
+  for (size_t j = 0; j < s.rows.size(); ++j) {
+    T* dst = grad_plane + static_cast<int64_t>(s.rows[j]) * width;
+    const T* src = rows.data() + j * pooled_width;
     for (int pw = 0; pw < pooled_width; ++pw) {
-      const T g = grad_out[ph * grad_stride_h + pw * grad_stride_w] / s.bins.count;
-      for (int iy = 0; iy < grid_h; ++iy) {
-        const AxisSample<T>& y = s.ys[ph * grid_h + iy];
-        T* row_low = grad_plane + y.low * width;
-        T* row_high = grad_plane + y.high * width;
-        const T g_low = g * y.w_low;
-        const T g_high = g * y.w_high;
-        for (int ix = 0; ix < grid_w; ++ix) {
-          const AxisSample<T>& x = s.xs[pw * grid_w + ix];
-          row_low[x.low] += g_low * x.w_low;
-          row_low[x.high] += g_low * x.w_high;
-          row_high[x.low] += g_high * x.w_low;
-          row_high[x.high] += g_high * x.w_high;
-        }
+      for (int ix = 0; ix < grid_w; ++ix) {
+        const AxisSample<T>& x = s.xs[pw * grid_w + ix];
+        dst[x.low] += x.w_low * src[pw];
+        dst[x.high] += x.w_high * src[pw];
       }
     }
   }
