@@ -4,6 +4,7 @@ import logging
 import os
 import weakref
 
+import numpy as np
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultPredictor, DefaultTrainer
@@ -156,3 +157,17 @@ class Predictor(DefaultPredictor):
         super().__init__(weights_free)
         self.cfg = cfg.clone()
         Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        """original_image: an H x W x 3 array in cfg.INPUT.FORMAT channel order (cv2.imread's BGR by
+        default). Raises a ValueError saying what was expected, instead of numpy's or PIL's error
+        from deep inside the resize."""
+        image = original_image
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3):
+            got = type(image).__name__ + (f" of shape {tuple(image.shape)}" if hasattr(image, "shape") else "")
+            raise ValueError(f"Predictor expects an H x W x 3 numpy array in {self.input_format} order, got {got}")
+        resize = self.aug.get_transform(image)
+        if min(resize.new_h, resize.new_w) < 1:
+            height, width = image.shape[:2]
+            raise ValueError(f"cannot resize a {width}x{height} image with {self.aug}: a side would be 0 pixels")
+        return super().__call__(image)

@@ -238,6 +238,16 @@ def test_checkpoint_with_other_number_of_classes_loads_the_rest(config, tmp_path
     assert all(torch.equal(source_state[k], target_state[k]) for k in target_state if k not in mismatched)
 
 
+def test_predictor_names_what_it_expects():
+    predictor = Predictor(build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu"]))  # test size 256
+    with pytest.raises(ValueError, match=r"H x W x 3 numpy array in BGR order, got ndarray of shape \(3, 64, 64\)"):
+        predictor(np.zeros((3, 64, 64), np.uint8))  # channels first
+    with pytest.raises(ValueError, match=r"got Tensor of shape \(64, 64, 3\)"):
+        predictor(torch.zeros(64, 64, 3))
+    with pytest.raises(ValueError, match=r"cannot resize a 3x2000 image with .*ResizeShortestEdge.*0 pixels"):
+        predictor(np.zeros((2000, 3, 3), np.uint8))
+
+
 def test_huge_image_is_resized_before_the_model(monkeypatch):
     cfg = build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu"])  # test size 256
     predictor = Predictor(cfg)
