@@ -80,6 +80,24 @@ def test_memory_formats_and_box_lists(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_backward_reads_strided_grads(device):
+    # the backward kernel reads grad through its strides: an expanded grad (stride 0, as from a sum
+    # or a mean) and a transposed one must give torchvision's input gradient
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, device=device)
+    rois = random_rois(20, 16, 16, 2, torch.float64, margin=0.2).to(device)
+    transposed = torch.randn(len(rois), 3, 5, 5, dtype=torch.float64, device=device).transpose(2, 3)
+    expanded = torch.ones(1, 1, 1, 1, dtype=torch.float64, device=device).expand(len(rois), 3, 5, 5)
+    for grad in (transposed, expanded):
+        assert not grad.is_contiguous()
+        grads = []
+        for op in (roi_align, torchvision.ops.roi_align):
+            inp = x.clone().requires_grad_(True)
+            op(inp, rois, 5, 1.0, 2, True).backward(grad)
+            grads.append(inp.grad)
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_rois_and_empty_input(device):
     x = torch.randn(2, 3, 10, 10, device=device, requires_grad=True)
     out = roi_align(x, torch.zeros(0, 5, device=device), 7, 1.0, 2, True)
