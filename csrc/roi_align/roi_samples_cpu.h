@@ -86,8 +86,7 @@ void forward_plane(
     int pooled_width,
     std::vector<T>& rows,
     T* out) {
-  const int grid_h = s.bins.grid_h > 0 ? s.bins.grid_h : 0;
-  const int grid_w = s.bins.grid_w > 0 ? s.bins.grid_w : 0;
+  const int grid_h = s.bins.grid_h, grid_w = s.bins.grid_w;  // >= 0 (grid_size)
   rows.resize(s.rows.size() * pooled_width);
   for (size_t j = 0; j < s.rows.size(); ++j) {
     const T* src = plane + static_cast<int64_t>(s.rows[j]) * width;
@@ -130,8 +129,7 @@ void backward_plane(
     int pooled_width,
     std::vector<T>& rows,
     T* grad_plane) {
-  const int grid_h = s.bins.grid_h > 0 ? s.bins.grid_h : 0;
-  const int grid_w = s.bins.grid_w > 0 ? s.bins.grid_w : 0;
+  const int grid_h = s.bins.grid_h, grid_w = s.bins.grid_w;  // >= 0 (grid_size)
   rows.assign(s.rows.size() * pooled_width, T(0));
   const T inv_count = T(1) / s.bins.count;
   for (int ph = 0; ph < pooled_height; ++ph) {
