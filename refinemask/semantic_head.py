@@ -31,7 +31,7 @@ class SemanticHead(nn.Module):
         self.in_feature = in_feature
         self.num_classes = num_classes
         self.convs = nn.ModuleList(
-            Conv2d(in_shape.channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU())
+            Conv2d(in_shape.channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU(inplace=True))
             for i in range(num_convs)
         )
         self.logits = nn.Conv2d(conv_dim, 1, 1)

@@ -4,9 +4,11 @@ import itertools
 
 import pytest
 import torch
+import torchvision
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from torch.nn import functional as F
 
 from instseg.engine import build_config
 from refinemask import SFMStage, boundary_region, merge_stage
@@ -70,6 +72,47 @@ def test_sfm_stage_shapes():
     boxes = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 4.0, 60.0, 40.0]]))]
     logits, out = stage(torch.randn(2, 64, 14, 14), torch.randn(1, 128, 16, 16), torch.randn(1, 1, 16, 16), boxes, torch.tensor([0, 2]))
     assert logits.shape == (2, 14, 14) and out.shape == (2, 32, 14, 14)
+
+
+def plain_sfm(stage, x, semantic_feat, semantic_logits, boxes, labels):
+    """The SFM written out op by op in NCHW, with torchvision's RoIAlign and the official code's ReLU
+    after pooling the semantic features."""
+    rois = torch.cat([torch.zeros(len(boxes), 1, dtype=boxes.dtype), boxes], dim=1)
+    size, scale = stage.pooler.output_size, stage.pooler.level_poolers[0].spatial_scale
+
+    def crop(t):
+        return torchvision.ops.roi_align(t, rois, size, scale, sampling_ratio=0, aligned=True)
+
+    logits = stage.instance_logits(x)[torch.arange(len(x)), labels]
+    sem = F.relu(crop(F.relu(stage.semantic_transform_in(semantic_feat))))
+    sem = F.relu(stage.semantic_transform_out(sem))
+    masks = torch.stack([logits.sigmoid(), crop(semantic_logits.sigmoid())[:, 0]], dim=1)
+    y = F.relu(stage.reduce(torch.cat([x, sem, masks], dim=1)))
+    branches = [F.relu(F.conv2d(y, c.weight, c.bias, padding=c.dilation, dilation=c.dilation)) for c in stage.dilated_convs]
+    y = F.relu(stage.merge(branches[0] + branches[1] + branches[2]))
+    y = F.relu(stage.fuse_transform_out(y))
+    return logits, torch.cat([y, masks], dim=1)
+
+
+def test_sfm_stage_equals_its_plain_composition():
+    """Forward and gradients, float64; the stage runs channels-last with in-place ReLUs."""
+    stage = SFMStage(16, 24, 4, 14, 3, [1, 3, 5], "instseg").double()
+    g = torch.Generator().manual_seed(0)
+    for p in stage.parameters():
+        p.data = torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.2
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 6.0, 60.0, 62.0], [-4.0, 20.0, 30.0, 70.0]], dtype=torch.float64)
+    labels = torch.tensor([2, 0, 1])
+    inputs = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in [(3, 16, 14, 14), (1, 24, 16, 16), (1, 1, 16, 16)]]
+    weights = torch.randn(3, 14, 14, generator=g, dtype=torch.float64), torch.randn(3, 8, 14, 14, generator=g, dtype=torch.float64)
+    results = []
+    for run in (lambda *a: stage(*a[:3], [Boxes(boxes)], labels), lambda *a: plain_sfm(stage, *a, boxes, labels)):
+        stage.zero_grad()
+        x = [t.clone().requires_grad_() for t in inputs]
+        logits, out = run(*x)
+        ((logits * weights[0]).sum() + (out * weights[1]).sum()).backward()
+        results.append([logits, out] + [t.grad for t in x] + [p.grad.clone() for p in stage.parameters()])
+    for ours, plain in zip(*results):
+        assert torch.allclose(ours, plain, atol=1e-10)
 
 
 def test_sfm_stages_crop_the_semantic_maps_at_their_stride():
