@@ -5,9 +5,12 @@ detectron2.utils.analysis), inference latency (warm-up, then median and p90), pe
 inference (growth of the peak RSS on CPU, torch.cuda.max_memory_allocated on GPU), and training
 iteration time (forward + backward + SGD step on a synthetic batch of 2 images); each also as a ratio
 to Mask R-CNN. A second table splits one inference's time by part (backbone, proposal generator, RoI
-heads and their box, mask and semantic heads). Every model runs in its own subprocesses so that
-peaks do not mix: one measures the times, another the memory (with glibc returning freed memory to
-the system at once, which slows allocation and so would skew the times).
+heads and their box, mask and semantic heads). The latencies are taken in one subprocess where the
+models take turns, one inference each per round, so that a shared machine slowing down or speeding up
+during the run moves every model alike and not the ones measured last. Every model runs the other
+measurements in subprocesses of its own so that peaks do not mix: one the parts, FLOPs and training
+step, another the memory (with glibc returning freed memory to the system at once, which slows
+allocation and so would skew the times).
 
 Models are randomly initialised (no weights can be downloaded here). So that every model runs its full
 mask branch, score thresholds are set to 0: each outputs its maximum number of detections (100; 50 for
@@ -159,43 +162,69 @@ def time_parts(model: torch.nn.Module, run, device: str = "cpu") -> "OrderedDict
     return seconds
 
 
-def measure_one(name, args):
-    """Runs in a subprocess: every measurement of one model; returns a dict."""
+def _build(name, args):
+    """The randomly initialised model in eval mode and its synthetic input batch."""
     from detectron2.modeling import build_model
+
+    from instseg.engine import build_config
+
+    config, size = SPEED_MODELS[name]
+    cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device])
+    return build_model(cfg).eval(), _synthetic_batch(size, args.device, with_targets=False)
+
+
+def interleaved_latencies(runs, warmup: int, repeats: int, device: str = "cpu"):
+    """Seconds per call of each of `runs` (name -> callable), the calls taking turns: `warmup` rounds
+    untimed, then `repeats` timed rounds of one call each. Returns name -> {latency_median, latency_p90}."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            _sync(device)
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    result = {}
+    for name, t in times.items():
+        t.sort()
+        result[name] = {"latency_median": statistics.median(t), "latency_p90": t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]}
+    return result
+
+
+def measure_latencies(names, args):
+    """Runs in a subprocess: the inference latency of every model, the models taking turns."""
+    torch.set_num_threads(args.threads)
+    runs = {}
+    for name in names:
+        model, inputs = _build(name, args)
+        runs[name] = lambda model=model, inputs=inputs: model(inputs)
+    with torch.no_grad():
+        return interleaved_latencies(runs, args.warmup, args.repeats, args.device)
+
+
+def measure_one(name, args):
+    """Runs in a subprocess: every measurement of one model but its latency; returns a dict."""
     from detectron2.utils.events import EventStorage
     from fvcore.nn import FlopCountAnalysis
 
-    from instseg.engine import build_config
     from instseg.utils import peak_memory_of
 
     torch.set_num_threads(args.threads)
-    config, size = SPEED_MODELS[name]
-    cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device])
-    model = build_model(cfg).eval()
-    inputs = _synthetic_batch(size, args.device, with_targets=False)
+    model, inputs = _build(name, args)
+    size = SPEED_MODELS[name][1]
     with torch.no_grad():
         for _ in range(args.warmup):
             model(inputs)
         if args.memory_only:
             return {"peak_memory": peak_memory_of(lambda: model(inputs), args.device)}
-        result = {"params": sum(p.numel() for p in model.parameters())}
-        times = []
-        for _ in range(args.repeats):
-            _sync(args.device)
-            start = time.perf_counter()
-            outputs = model(inputs)
-            _sync(args.device)
-            times.append(time.perf_counter() - start)
-        result["detections"] = len(outputs[0]["instances"])
-        result["parts"] = time_parts(model, lambda: model(inputs), args.device)  # after, not in, the timed runs
+        result = {"params": sum(p.numel() for p in model.parameters()), "detections": len(model(inputs)[0]["instances"])}
+        result["parts"] = time_parts(model, lambda: model(inputs), args.device)
         try:
             flops = FlopCountAnalysis(_ImageToBoxes(_slash_free(model), size), (inputs[0]["image"],))
             result["flops"] = flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total()
         except Exception as e:  # tracing is best effort; say why there is no number
             result["flops_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    times.sort()
-    result["latency_median"] = statistics.median(times)
-    result["latency_p90"] = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
 
     model.train()
     batch = _synthetic_batch(size, args.device, with_targets=True)
@@ -407,13 +436,13 @@ def plot(accuracy, path):
     fig.savefig(path, dpi=120)
 
 
-def _measure_in_subprocess(model, args, extra_args, env):
-    cmd = [sys.executable, __file__, "--one", model, *extra_args] + [
+def _measure_in_subprocess(models, args, extra_args, env):
+    cmd = [sys.executable, __file__, "--one", *models, *extra_args] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("device", "threads", "warmup", "repeats", "train_iters")
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"{model} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{', '.join(models)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
 
 
@@ -432,11 +461,12 @@ def main():
         "(given with no names: none is retrained)",
     )
     parser.add_argument("--output", default="output/benchmark")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--latency-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one, args)))
+        print(json.dumps(measure_latencies(args.one, args) if args.latency_only else measure_one(args.one[0], args)))
         return
     os.makedirs(args.output, exist_ok=True)
     if args.accuracy:
@@ -445,12 +475,12 @@ def main():
         plot(rows, os.path.join(args.output, "accuracy.png"))
         name = "accuracy.md"
     else:
-        results = {}
+        results = _measure_in_subprocess(args.models, args, ["--latency-only"], os.environ)
         for model in args.models:
-            results[model] = _measure_in_subprocess(model, args, [], os.environ)
+            results[model].update(_measure_in_subprocess([model], args, [], os.environ))
             # glibc tuned for measuring the peak (PEAK_RSS_ENV) makes every large allocation a system
             # call: only the memory is measured that way, in a process of its own
-            results[model].update(_measure_in_subprocess(model, args, ["--memory-only"], dict(os.environ, **PEAK_RSS_ENV)))
+            results[model].update(_measure_in_subprocess([model], args, ["--memory-only"], dict(os.environ, **PEAK_RSS_ENV)))
             print(f"{model}: {results[model]}", flush=True)
         table = speed_table(results, args)
         name = f"speed_{args.device}.md"

@@ -1,6 +1,6 @@
 """The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/"), the
-time split by model part, reading detectron2's per-image inference time and the run time from a
-training log, and evaluating a run's final model on another split once."""
+time split by model part, latencies taken in turns, reading detectron2's per-image inference time and
+the run time from a training log, and evaluating a run's final model on another split once."""
 import os
 import sys
 import time
@@ -74,6 +74,18 @@ def test_time_parts_splits_one_call_by_part_and_removes_its_hooks():
     assert seconds["roi_heads"] >= seconds["roi_heads.box_head"] + 0.1  # includes its parts
     assert 0.1 <= seconds["rest"] < 0.2  # the mask head called outside roi_heads
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_latencies_are_taken_in_turns_after_the_warm_up():
+    calls = []
+
+    def run(name, seconds):
+        return lambda: (calls.append(name), time.sleep(seconds))
+
+    result = benchmark.interleaved_latencies({"a": run("a", 0.02), "b": run("b", 0.04)}, warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4  # one call each per round, the first round untimed
+    assert 0.02 <= result["a"]["latency_median"] < 0.035 and 0.04 <= result["b"]["latency_median"] < 0.055
+    assert result["b"]["latency_p90"] >= result["b"]["latency_median"]
 
 
 def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
