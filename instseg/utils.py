@@ -1,6 +1,8 @@
-"""Small helpers: facts about the installed detectron2, and peak-memory measurement for benchmarks."""
+"""Small helpers: facts about the installed detectron2, and timing and peak-memory measurement for
+benchmarks."""
 import importlib.util
-from typing import Callable
+import time
+from typing import Callable, Dict, List
 
 import torch
 
@@ -39,3 +41,25 @@ def peak_memory_of(fn: Callable[[], object], device: str) -> int:
     before = _proc_status_kb("VmRSS")
     fn()
     return (_proc_status_kb("VmHWM") - before) * 1024
+
+
+def synchronize(device: str) -> None:
+    """Wait for the work queued on `device`, so that a timing on CUDA covers it (nothing on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds_in_turns(runs: Dict[str, Callable[[], object]], warmup: int, repeats: int, device: str) -> Dict[str, List[float]]:
+    """Seconds of each timed call of each of `runs` (name -> callable): `warmup` untimed rounds, then
+    `repeats` timed rounds of one call of each run. With several runs the calls take turns, so that a
+    shared machine speeding up or slowing down during the measurement moves them all alike."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times

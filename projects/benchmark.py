@@ -51,7 +51,7 @@ from collections import OrderedDict
 import torch
 
 from instseg.data.shapes import SPLITS
-from instseg.utils import PEAK_RSS_ENV
+from instseg.utils import PEAK_RSS_ENV, peak_memory_of, seconds_in_turns, synchronize
 
 # name -> (config, test image size (H, W)); the first is the reference of the ratios
 SPEED_MODELS = {
@@ -121,11 +121,6 @@ def _slash_free(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _main_parts(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.Module]":
     """The model's children and, for two-stage models, the RoI heads' children (the mask and
     semantic heads that tell the methods apart)."""
@@ -143,11 +138,11 @@ def time_parts(model: torch.nn.Module, run, device: str = "cpu") -> "OrderedDict
     seconds, handles = OrderedDict(), []
     for name, module in _main_parts(model).items():
         def enter(module, args, name=name):
-            _sync(device)
+            synchronize(device)
             seconds[name] = seconds.get(name, 0.0) - time.perf_counter()
 
         def leave(module, args, output, name=name):
-            _sync(device)
+            synchronize(device)
             seconds[name] += time.perf_counter()
 
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
@@ -157,7 +152,7 @@ def time_parts(model: torch.nn.Module, run, device: str = "cpu") -> "OrderedDict
     finally:
         for handle in handles:
             handle.remove()
-    _sync(device)
+    synchronize(device)
     seconds["rest"] = time.perf_counter() - start - sum(t for name, t in seconds.items() if "." not in name)
     return seconds
 
@@ -173,23 +168,10 @@ def _build(name, args):
     return build_model(cfg).eval(), _synthetic_batch(size, args.device, with_targets=False)
 
 
-def interleaved_latencies(runs, warmup: int, repeats: int, device: str = "cpu"):
-    """Seconds per call of each of `runs` (name -> callable), the calls taking turns: `warmup` rounds
-    untimed, then `repeats` timed rounds of one call each. Returns name -> {latency_median, latency_p90}."""
-    times = {name: [] for name in runs}
-    for i in range(warmup + repeats):
-        for name, run in runs.items():
-            _sync(device)
-            start = time.perf_counter()
-            run()
-            _sync(device)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    result = {}
-    for name, t in times.items():
-        t.sort()
-        result[name] = {"latency_median": statistics.median(t), "latency_p90": t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]}
-    return result
+def latency_stats(seconds):
+    """Median and p90 of a list of seconds per call."""
+    t = sorted(seconds)
+    return {"latency_median": statistics.median(t), "latency_p90": t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]}
 
 
 def measure_latencies(names, args):
@@ -200,15 +182,14 @@ def measure_latencies(names, args):
         model, inputs = _build(name, args)
         runs[name] = lambda model=model, inputs=inputs: model(inputs)
     with torch.no_grad():
-        return interleaved_latencies(runs, args.warmup, args.repeats, args.device)
+        seconds = seconds_in_turns(runs, args.warmup, args.repeats, args.device)
+    return {name: latency_stats(t) for name, t in seconds.items()}
 
 
 def measure_one(name, args):
     """Runs in a subprocess: every measurement of one model but its latency; returns a dict."""
     from detectron2.utils.events import EventStorage
     from fvcore.nn import FlopCountAnalysis
-
-    from instseg.utils import peak_memory_of
 
     torch.set_num_threads(args.threads)
     model, inputs = _build(name, args)
@@ -229,18 +210,15 @@ def measure_one(name, args):
     model.train()
     batch = _synthetic_batch(size, args.device, with_targets=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    step_times = []
+
+    def train_step():
+        losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
     with EventStorage():
-        for i in range(1 + args.train_iters):
-            _sync(args.device)
-            start = time.perf_counter()
-            losses = model(batch)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            _sync(args.device)
-            if i > 0:
-                step_times.append(time.perf_counter() - start)
+        step_times = seconds_in_turns({"train": train_step}, 1, args.train_iters, args.device)["train"]
     result["train_iter"] = statistics.median(step_times)
     return result
 

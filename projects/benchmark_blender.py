@@ -18,12 +18,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 from instseg.layers import blend, blend_reference
-from instseg.utils import PEAK_RSS_ENV, peak_memory_of
+from instseg.utils import PEAK_RSS_ENV, peak_memory_of, seconds_in_turns
 
 VARIANTS = {"fused": blend, "reference": blend_reference}
 
@@ -46,22 +45,12 @@ def step(fn, bases, rois, attns):
     masks.backward(torch.ones_like(masks))
 
 
-def time_variants(inputs, repeats, warmup=3):
-    """Median seconds of each variant's step. The variants take turns, so that both are timed on
-    the same machine state rather than one block after the other. This does not remove the run-to-run
-    spread of the fused op with two threads on a shared 2-core VM (4.4x to 6.1x; see the README)."""
-    times = {name: [] for name in VARIANTS}
-    for i in range(warmup + repeats):
-        for name, fn in VARIANTS.items():
-            if inputs[0].is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step(fn, *inputs)
-            if inputs[0].is_cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def time_variants(inputs, repeats, device, warmup=3):
+    """Median seconds of each variant's step. The variants take turns (seconds_in_turns). This does
+    not remove the run-to-run spread of the fused op with two threads on a shared 2-core VM (4.4x to
+    6.1x; see the README)."""
+    runs = {name: lambda fn=fn: step(fn, *inputs) for name, fn in VARIANTS.items()}
+    return {name: statistics.median(t) for name, t in seconds_in_turns(runs, warmup, repeats, device).items()}
 
 
 def peak_memory_bytes(variant, args):
@@ -85,7 +74,7 @@ def main():
         return
     torch.set_num_threads(args.threads)
     inputs = make_inputs(args.boxes, args.device)
-    seconds = time_variants(inputs, args.repeats)
+    seconds = time_variants(inputs, args.repeats, args.device)
     memory = {}
     for name in VARIANTS:
         cmd = [sys.executable, __file__, "--memory-of", name, "--device", args.device,

@@ -8,12 +8,12 @@ the ratio torchvision / ours (> 1 means ours is faster).
 """
 import argparse
 import statistics
-import time
 
 import torch
 import torchvision
 
 from instseg.layers import roi_align
+from instseg.utils import seconds_in_turns
 
 
 def make_inputs(num_rois, channels, device, seed=0):
@@ -30,19 +30,13 @@ def make_inputs(num_rois, channels, device, seed=0):
 
 def time_fwd_bwd(fn, features, rois, scale, output_size, repeats, warmup=2):
     features = features.detach().requires_grad_(True)
-    times = []
-    for i in range(warmup + repeats):
-        if features.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def run():
+        features.grad = None  # a fresh gradient each call, as in training, not an accumulated one
         out = fn(features, rois, output_size, scale, 0, True)
         out.backward(torch.ones_like(out))
-        if features.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        features.grad = None
-    return statistics.median(times)
+
+    return statistics.median(seconds_in_turns({"op": run}, warmup, repeats, str(features.device))["op"])
 
 
 def main():

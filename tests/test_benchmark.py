@@ -11,6 +11,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch.utils.flop_counter import FlopCounterMode
 
 from centermask import VOVNET_SPECS, VoVNet
+from instseg.utils import seconds_in_turns
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects"))
 import benchmark  # noqa: E402
@@ -76,16 +77,21 @@ def test_time_parts_splits_one_call_by_part_and_removes_its_hooks():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_latencies_are_taken_in_turns_after_the_warm_up():
+def test_runs_are_timed_in_turns_after_the_warm_up():
     calls = []
 
     def run(name, seconds):
         return lambda: (calls.append(name), time.sleep(seconds))
 
-    result = benchmark.interleaved_latencies({"a": run("a", 0.02), "b": run("b", 0.04)}, warmup=1, repeats=3)
+    times = seconds_in_turns({"a": run("a", 0.02), "b": run("b", 0.04)}, warmup=1, repeats=3, device="cpu")
     assert calls == ["a", "b"] * 4  # one call each per round, the first round untimed
-    assert 0.02 <= result["a"]["latency_median"] < 0.035 and 0.04 <= result["b"]["latency_median"] < 0.055
-    assert result["b"]["latency_p90"] >= result["b"]["latency_median"]
+    assert len(times["a"]) == len(times["b"]) == 3
+    assert all(0.02 <= t < 0.035 for t in times["a"]) and all(0.04 <= t < 0.055 for t in times["b"])
+
+
+def test_latency_stats_are_the_median_and_p90():
+    stats = benchmark.latency_stats([5.0, 1.0, 3.0, 2.0, 4.0, 9.0, 6.0, 8.0, 7.0, 10.0, 11.0])
+    assert stats == {"latency_median": 6.0, "latency_p90": 10.0}
 
 
 def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
