@@ -67,6 +67,15 @@ def test_opcheck_schema_autograd_fake():
     torch.library.opcheck(torch.ops.instseg.blend.default, (bases, rois, attns, 0.25, 8, 1, True, True))
 
 
+def test_autocast_blends_in_float32_and_keeps_the_bases_dtype():
+    bases, rois, attns = make_inputs(8)
+    bases, attns = bases.bfloat16(), attns.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = blend(bases, rois, attns, 0.25, 14)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, blend(bases.float(), rois, attns.float(), 0.25, 14).bfloat16())
+
+
 def test_empty_boxes():
     bases, _, _ = make_inputs()
     bases.requires_grad_(True)

@@ -187,6 +187,24 @@ def test_module_casts_rois_to_input_dtype():
     torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois.double(), 2, 1.0, 2, True))
 
 
+def test_autocast_pools_in_float32_with_unrounded_boxes():
+    """Under CPU autocast (bfloat16): float32 inside, the input's dtype out (detectron2's ROIPooler
+    writes the result into a tensor of that dtype), boxes not rounded to bfloat16, gradients through."""
+    x = torch.randn(2, 3, 16, 16).bfloat16().requires_grad_()
+    rois = random_rois(6, 16, 16, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ROIAlign(4, 1.0, 2)(x, rois)
+    assert out.dtype == torch.bfloat16
+    x32 = x.detach().float().requires_grad_()
+    expected = roi_align(x32, rois, 4, 1.0, 2, True)
+    assert torch.equal(out, expected.bfloat16())
+    assert not torch.equal(out, roi_align(x32, rois.bfloat16().float(), 4, 1.0, 2, True).bfloat16())
+    grad = torch.randn_like(expected)
+    out.backward(grad.bfloat16())
+    expected.backward(grad.bfloat16().float())
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, x32.grad.bfloat16())
+
+
 @pytest.mark.parametrize(
     "make_args,message",
     [

@@ -1,3 +1,4 @@
+from .autocast import boxes_for
 from .blend import ATTN_INTERPS, blend, blend_reference
 from .poolers import ROIPooler, assign_boxes_by_image_ratio, use_instseg_roi_align
 from .roi_align import ROIAlign, roi_align
@@ -9,6 +10,7 @@ __all__ = [
     "assign_boxes_by_image_ratio",
     "blend",
     "blend_reference",
+    "boxes_for",
     "roi_align",
     "use_instseg_roi_align",
 ]

@@ -16,6 +16,8 @@ from torch.nn import functional as F
 
 import instseg._C  # noqa: F401  (loads the extension: registers the ops' CPU/CUDA kernels)
 
+from .autocast import register_float32_autocast
+
 __all__ = ["ATTN_INTERPS", "blend", "blend_reference"]
 
 ATTN_INTERPS = ("bilinear", "nearest")  # how the attentions are resized to R x R
@@ -47,7 +49,7 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("instseg::blend", _backward, setup_context=_setup_context)
-torch.library.register_autocast("instseg::blend", "cuda", torch.float32)
+register_float32_autocast("blend")
 
 
 def _check_attn_interp(attn_interp: str) -> None:

@@ -31,5 +31,5 @@ def conv2d_at(conv: nn.Conv2d, x: Tensor, batch_inds: Tensor, ys: Tensor, xs: Te
     patches = torch.stack(
         [padded[batch_inds, :, ys + dy, xs + dx] for dy in range(k) for dx in range(k)], dim=2
     )
-    out = patches.flatten(1) @ conv.weight.flatten(1).t()
-    return out + conv.bias if conv.bias is not None else out
+    # F.linear, not matmul + bias: under autocast it returns the dtype the dense conv would
+    return nn.functional.linear(patches.flatten(1), conv.weight.flatten(1), conv.bias)

@@ -4,7 +4,7 @@ Shape legend: N images, C channels, H x W feature map, K boxes, PH x PW output b
 
 The op is registered with ``TORCH_LIBRARY``; this module adds its autograd formula (the backward is
 the registered op ``instseg::_roi_align_backward``), fake kernels so that ``torch.compile`` and
-``torch.export`` can trace it, and CUDA autocast (runs in float32).
+``torch.export`` can trace it, and its autocast kernels (float32 inside, see autocast.py).
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 import instseg._C  # noqa: F401  (loads the extension: registers the ops' CPU/CUDA kernels)
+
+from .autocast import boxes_for, register_float32_autocast
 
 __all__ = ["roi_align", "ROIAlign"]
 
@@ -58,7 +60,7 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("instseg::roi_align", _backward, setup_context=_setup_context)
-torch.library.register_autocast("instseg::roi_align", "cuda", torch.float32)
+register_float32_autocast("roi_align")
 
 
 def _boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
@@ -118,7 +120,8 @@ class ROIAlign(nn.Module):
         """
         Args:
             input: (N, C, H, W) feature map.
-            rois: (K, 5) rows of (batch_index, x1, y1, x2, y2), any float dtype.
+            rois: (K, 5) rows of (batch_index, x1, y1, x2, y2), any float dtype (cast as
+                ``boxes_for`` says).
 
         Returns:
             (K, C, PH, PW) pooled features.
@@ -126,7 +129,7 @@ class ROIAlign(nn.Module):
         if rois.dim() != 2 or rois.size(1) != 5:
             raise ValueError(f"ROIAlign: rois must be (K, 5), got {tuple(rois.shape)}")
         return roi_align(
-            input, rois.to(dtype=input.dtype), self.output_size, self.spatial_scale,
+            input, boxes_for(input, rois), self.output_size, self.spatial_scale,
             self.sampling_ratio, self.aligned,
         )
 
