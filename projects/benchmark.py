@@ -26,16 +26,21 @@ evaluated on the 500 images of the test split, the numbers the table leads with 
 (the seed still moves a run by up to about 2 AP there). --accuracy-models retrains only some of
 them (after a change to one method, say); the others' rows are read from their runs in --output.
 
-Writes a markdown table to --output (speed_<device>.md; with --accuracy accuracy.md and
-accuracy.png, the speed-vs-accuracy plot).
+With --autocast, inference (latency, parts, memory) runs under torch.autocast in that dtype; the
+training step stays in float32.
+
+Writes a markdown table to --output (speed_<device>.md, or speed_<device>_<dtype>.md with --autocast;
+with --accuracy accuracy.md and accuracy.png, the speed-vs-accuracy plot).
 
     python projects/benchmark.py                          # CPU latency etc., all models
     python projects/benchmark.py --device cuda --repeats 50
+    python projects/benchmark.py --autocast bfloat16      # inference in mixed precision
     python projects/benchmark.py --accuracy               # trains the *_shapes configs (long)
     python projects/benchmark.py --accuracy --accuracy-models "BlendMask R18"
     python projects/benchmark.py --accuracy --accuracy-models   # no training: re-read, evaluate new models
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -168,6 +173,14 @@ def _build(name, args):
     return build_model(cfg).eval(), _synthetic_batch(size, args.device, with_targets=False)
 
 
+@contextlib.contextmanager
+def inference_mode(args):
+    """No autograd and, with --autocast, mixed precision: torch.autocast on --device in that dtype."""
+    dtype = getattr(torch, args.autocast) if args.autocast else None
+    with torch.no_grad(), torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None):
+        yield
+
+
 def latency_stats(seconds):
     """Median and p90 of a list of seconds per call."""
     t = sorted(seconds)
@@ -181,7 +194,7 @@ def measure_latencies(names, args):
     for name in names:
         model, inputs = _build(name, args)
         runs[name] = lambda model=model, inputs=inputs: model(inputs)
-    with torch.no_grad():
+    with inference_mode(args):
         seconds = seconds_in_turns(runs, args.warmup, args.repeats, args.device)
     return {name: latency_stats(t) for name, t in seconds.items()}
 
@@ -194,7 +207,7 @@ def measure_one(name, args):
     torch.set_num_threads(args.threads)
     model, inputs = _build(name, args)
     size = SPEED_MODELS[name][1]
-    with torch.no_grad():
+    with inference_mode(args):
         for _ in range(args.warmup):
             model(inputs)
         if args.memory_only:
@@ -233,9 +246,10 @@ def _ratio_of(results, ref, key):
 
 def speed_table(results, args):
     ref = results.get(next(iter(SPEED_MODELS)), {})  # ratios need the reference in the same run
+    autocast = f" --autocast {args.autocast}" if args.autocast else ""
     lines = [
         f"Measured by `python projects/benchmark.py --device {args.device} --threads {args.threads} "
-        f"--repeats {args.repeats}` on {platform.machine()} ({os.cpu_count()} cores"
+        f"--repeats {args.repeats}{autocast}` on {platform.machine()} ({os.cpu_count()} cores"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
         + f"), torch {torch.__version__}, random init, 1 image per inference.",
         "",
@@ -417,7 +431,7 @@ def plot(accuracy, path):
 def _measure_in_subprocess(models, args, extra_args, env):
     cmd = [sys.executable, __file__, "--one", *models, *extra_args] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("device", "threads", "warmup", "repeats", "train_iters")
-    ]
+    ] + ([f"--autocast={args.autocast}"] if args.autocast else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{', '.join(models)} failed:\n{proc.stderr[-3000:]}")
@@ -431,6 +445,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-iters", type=int, default=2)
+    parser.add_argument(
+        "--autocast", choices=["bfloat16", "float16"],
+        help="run inference (not the training step) under torch.autocast in this dtype",
+    )
     parser.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=list(SPEED_MODELS))
     parser.add_argument("--accuracy", action="store_true", help="train the *_shapes configs instead")
     parser.add_argument(
@@ -461,7 +479,7 @@ def main():
             results[model].update(_measure_in_subprocess([model], args, ["--memory-only"], dict(os.environ, **PEAK_RSS_ENV)))
             print(f"{model}: {results[model]}", flush=True)
         table = speed_table(results, args)
-        name = f"speed_{args.device}.md"
+        name = f"speed_{args.device}{'_' + args.autocast if args.autocast else ''}.md"
     with open(os.path.join(args.output, name), "w") as f:
         f.write(table + "\n")
     print(table)

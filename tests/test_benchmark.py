@@ -1,6 +1,8 @@
 """The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/"), the
-time split by model part, latencies taken in turns, reading detectron2's per-image inference time and
-the run time from a training log, and evaluating a run's final model on another split once."""
+time split by model part, latencies taken in turns, inference under autocast, reading detectron2's
+per-image inference time and the run time from a training log, and evaluating a run's final model on
+another split once."""
+import argparse
 import os
 import sys
 import time
@@ -92,6 +94,26 @@ def test_runs_are_timed_in_turns_after_the_warm_up():
 def test_latency_stats_are_the_median_and_p90():
     stats = benchmark.latency_stats([5.0, 1.0, 3.0, 2.0, 4.0, 9.0, 6.0, 8.0, 7.0, 10.0, 11.0])
     assert stats == {"latency_median": 6.0, "latency_p90": 10.0}
+
+
+def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monkeypatch):
+    args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast="bfloat16")
+    with benchmark.inference_mode(args):
+        assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    commands = []
+    monkeypatch.setattr(
+        benchmark.subprocess, "run",
+        lambda cmd, **kwargs: commands.append(cmd) or argparse.Namespace(returncode=0, stdout="{}", stderr=""),
+    )
+    benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
+    assert "--autocast=bfloat16" in commands[0]
+
+    args.autocast = None
+    with benchmark.inference_mode(args):
+        assert not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
+    assert not any(c.startswith("--autocast") for c in commands[1])
 
 
 def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
