@@ -42,6 +42,7 @@ with --accuracy accuracy.md and accuracy.png, the speed-vs-accuracy plot).
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -174,11 +175,16 @@ def _build(name, args):
 
 
 @contextlib.contextmanager
-def inference_mode(args):
-    """No autograd and, with --autocast, mixed precision: torch.autocast on --device in that dtype."""
-    dtype = getattr(torch, args.autocast) if args.autocast else None
-    with torch.no_grad(), torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None):
+def inference_mode(device, autocast=None):
+    """No autograd and, when `autocast` names a dtype, torch.autocast on `device` in that dtype."""
+    dtype = getattr(torch, autocast) if autocast else None
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
         yield
+
+
+def _infer(model, inputs, device, autocast):
+    with inference_mode(device, autocast):
+        return model(inputs)
 
 
 def latency_stats(seconds):
@@ -188,15 +194,21 @@ def latency_stats(seconds):
 
 
 def measure_latencies(names, args):
-    """Runs in a subprocess: the inference latency of every model, the models taking turns."""
+    """Runs in a subprocess: the inference latency of every model, the models taking turns; with
+    --autocast every model takes a turn in float32 too, for the speed-up of mixed precision."""
     torch.set_num_threads(args.threads)
     runs = {}
     for name in names:
         model, inputs = _build(name, args)
-        runs[name] = lambda model=model, inputs=inputs: model(inputs)
-    with inference_mode(args):
-        seconds = seconds_in_turns(runs, args.warmup, args.repeats, args.device)
-    return {name: latency_stats(t) for name, t in seconds.items()}
+        runs[name] = functools.partial(_infer, model, inputs, args.device, args.autocast)
+        if args.autocast:
+            runs[f"{name} (float32)"] = functools.partial(_infer, model, inputs, args.device, None)
+    seconds = seconds_in_turns(runs, args.warmup, args.repeats, args.device)
+    results = {name: latency_stats(seconds[name]) for name in names}
+    if args.autocast:
+        for name in names:
+            results[name]["latency_float32_median"] = statistics.median(seconds[f"{name} (float32)"])
+    return results
 
 
 def measure_one(name, args):
@@ -207,7 +219,7 @@ def measure_one(name, args):
     torch.set_num_threads(args.threads)
     model, inputs = _build(name, args)
     size = SPEED_MODELS[name][1]
-    with inference_mode(args):
+    with inference_mode(args.device, args.autocast):
         for _ in range(args.warmup):
             model(inputs)
         if args.memory_only:
@@ -266,6 +278,14 @@ def speed_table(results, args):
             f"{r['peak_memory'] / 2**20:.0f} | {_ratio_of(r, ref, 'peak_memory')} | "
             f"{r['train_iter']:.2f} | {_ratio_of(r, ref, 'train_iter')} |"
         )
+    if args.autocast:
+        lines += ["", "Mixed precision against float32 (each model in both, all taking turns in one process):", "",
+                  f"| model | float32 latency (ms) | {args.autocast} latency (ms) | speed-up |", "|---|---|---|---|"]
+        lines += [
+            f"| {name} | {r['latency_float32_median'] * 1e3:.0f} | {r['latency_median'] * 1e3:.0f} | "
+            f"{r['latency_float32_median'] / r['latency_median']:.2f}x |"
+            for name, r in results.items()
+        ]
     notes = [f"- {name}: FLOPs not counted ({r['flops_error']})" for name, r in results.items() if "flops_error" in r]
     return "\n".join(lines + ([""] + notes if notes else []) + ["", parts_table(results, ref), "", vovnet_param_table()])
 

@@ -98,9 +98,16 @@ def test_latency_stats_are_the_median_and_p90():
 
 def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monkeypatch):
     args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast="bfloat16")
-    with benchmark.inference_mode(args):
+    with benchmark.inference_mode("cpu", "bfloat16"):
         assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    seen = []  # whether each inference ran under autocast
+    model = lambda inputs: seen.append(torch.is_autocast_enabled("cpu"))  # noqa: E731
+    monkeypatch.setattr(benchmark, "_build", lambda name, args: (model, None))
+    results = benchmark.measure_latencies(["a"], args)
+    assert seen == [True, False] * 2  # warm-up + 1 repeat, mixed precision and float32 taking turns
+    assert set(results["a"]) == {"latency_median", "latency_p90", "latency_float32_median"}
+
     commands = []
     monkeypatch.setattr(
         benchmark.subprocess, "run",
@@ -110,7 +117,7 @@ def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monk
     assert "--autocast=bfloat16" in commands[0]
 
     args.autocast = None
-    with benchmark.inference_mode(args):
+    with benchmark.inference_mode("cpu"):
         assert not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
     benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
     assert not any(c.startswith("--autocast") for c in commands[1])
