@@ -4,6 +4,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.data import MetadataCatalog
 
 ROI_ALIGN_IMPLS = ("instseg", "detectron2")
+AUTOCAST_DTYPES = ("", "bfloat16", "float16")
 
 
 def add_instseg_config(cfg: CN) -> None:
@@ -13,6 +14,9 @@ def add_instseg_config(cfg: CN) -> None:
     cfg.MODEL.ROI_ALIGN_IMPL = "instseg"
     # detectron2 defaults to "cuda"; fall back to the CPU on machines without a GPU.
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    # Inference (evaluation, Predictor) in mixed precision: torch.autocast on MODEL.DEVICE in this
+    # dtype, "bfloat16" or "float16"; "" runs it in float32. Training is not affected.
+    cfg.TEST.AUTOCAST = ""
     _add_fcos_config(cfg)
 
 
@@ -58,6 +62,8 @@ def check_config(cfg: CN) -> None:
         raise ValueError(
             f"MODEL.ROI_ALIGN_IMPL must be one of {ROI_ALIGN_IMPLS}, got {cfg.MODEL.ROI_ALIGN_IMPL!r}"
         )
+    if cfg.TEST.AUTOCAST not in AUTOCAST_DTYPES:
+        raise ValueError(f"TEST.AUTOCAST must be one of {AUTOCAST_DTYPES}, got {cfg.TEST.AUTOCAST!r}")
     check_num_classes(cfg)
 
 

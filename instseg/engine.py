@@ -1,14 +1,18 @@
 """The one trainer and config entry point for every method (projects/train_net.py, demo, tests)."""
+import contextlib
 import difflib
 import logging
 import os
 import weakref
 
 import numpy as np
+import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultPredictor, DefaultTrainer
+from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
+from torch import nn
 
 from .checkpoint import Checkpointer
 from .config import add_instseg_config, check_config, check_num_classes
@@ -97,6 +101,49 @@ def evaluation_dir(output_dir: str, dataset_name: str) -> str:
     return os.path.join(output_dir, "inference", dataset_name)
 
 
+@contextlib.contextmanager
+def mixed_precision(device: str, dtype: str):
+    """torch.autocast on `device`'s type in `dtype` ("bfloat16", "float16"); nothing for ""."""
+    with torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype) if dtype else None, enabled=bool(dtype)):
+        yield
+
+
+def _float32(value):
+    if isinstance(value, Boxes):
+        return Boxes(_float32(value.tensor))
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
+
+
+def outputs_in_float32(outputs):
+    """A model's outputs (a dict, or a list of dicts, of Instances and tensors) with half-precision
+    tensors in float32: under autocast the scores come out in its dtype, which numpy cannot take."""
+    if isinstance(outputs, list):
+        return [outputs_in_float32(o) for o in outputs]
+    converted = {}
+    for key, value in outputs.items():
+        if isinstance(value, Instances):
+            value = Instances(value.image_size, **{k: _float32(v) for k, v in value.get_fields().items()})
+        converted[key] = _float32(value)
+    return converted
+
+
+class MixedPrecisionInference(nn.Module):
+    """Wraps a model so that its inference runs as cfg.TEST.AUTOCAST says, outputs in float32."""
+
+    def __init__(self, model: nn.Module, cfg: CfgNode):
+        super().__init__()
+        self.model = model
+        self.device = cfg.MODEL.DEVICE
+        self.dtype = cfg.TEST.AUTOCAST
+        self.train(model.training)  # evaluation restores the mode it finds on the wrapper
+
+    def forward(self, batched_inputs):
+        with mixed_precision(self.device, self.dtype):
+            return outputs_in_float32(self.model(batched_inputs))
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with this project's checkpointer (safe loading, atomic saving),
     dataset mapper (clear errors on bad images) and evaluator (box, mask and Boundary AP, with or
@@ -126,6 +173,13 @@ class Trainer(DefaultTrainer):
         return results
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, in mixed precision when cfg.TEST.AUTOCAST names a dtype."""
+        if cfg.TEST.AUTOCAST:
+            model = MixedPrecisionInference(model, cfg)
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = evaluation_dir(cfg.OUTPUT_DIR, dataset_name)
@@ -148,7 +202,8 @@ class Trainer(DefaultTrainer):
 
 class Predictor(DefaultPredictor):
     """detectron2's DefaultPredictor, loading cfg.MODEL.WEIGHTS with this project's Checkpointer, so
-    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted)."""
+    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted), and predicting in
+    mixed precision when cfg.TEST.AUTOCAST names a dtype."""
 
     def __init__(self, cfg: CfgNode):
         weights_free = cfg.clone()
@@ -170,4 +225,5 @@ class Predictor(DefaultPredictor):
         if min(resize.new_h, resize.new_w) < 1:
             height, width = image.shape[:2]
             raise ValueError(f"cannot resize a {width}x{height} image with {self.aug}: a side would be 0 pixels")
-        return super().__call__(image)
+        with mixed_precision(self.cfg.MODEL.DEVICE, self.cfg.TEST.AUTOCAST):
+            return outputs_in_float32(super().__call__(image))

@@ -177,8 +177,9 @@ def _build(name, args):
 @contextlib.contextmanager
 def inference_mode(device, autocast=None):
     """No autograd and, when `autocast` names a dtype, torch.autocast on `device` in that dtype."""
-    dtype = getattr(torch, autocast) if autocast else None
-    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+    from instseg.engine import mixed_precision
+
+    with torch.no_grad(), mixed_precision(device, autocast or ""):
         yield
 
 

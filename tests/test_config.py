@@ -44,6 +44,11 @@ def test_unknown_roi_align_impl():
         build_config(SHAPES, ["MODEL.ROI_ALIGN_IMPL", "fast"])
 
 
+def test_unknown_autocast_dtype():
+    with pytest.raises(ValueError, match="TEST.AUTOCAST must be one of .*got 'fp16'"):
+        build_config(SHAPES, ["TEST.AUTOCAST", "fp16"])
+
+
 def test_config_key_typo_names_the_key():
     with pytest.raises(KeyError, match="unknown config key MODEL.ROI_HEADS.NUM_CLASES.*did you mean MODEL.ROI_HEADS.NUM_CLASSES"):
         build_config(SHAPES, ["MODEL.ROI_HEADS.NUM_CLASES", "3"])
