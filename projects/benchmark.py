@@ -171,6 +171,10 @@ def _build(name, args):
 
     config, size = SPEED_MODELS[name]
     cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device])
+    # Every model from the same seed: the parts RefineMask shares with Mask R-CNN (backbone, RPN, box
+    # head) get the same weights, so both mask branches get the same proposals and detections, whose
+    # sizes set the poolers' cost (adaptive sampling).
+    torch.manual_seed(0)
     return build_model(cfg).eval(), _synthetic_batch(size, args.device, with_targets=False)
 
 

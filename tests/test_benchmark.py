@@ -1,7 +1,7 @@
 """The benchmark script's own logic: FLOPs of VoVNet models (whose module names contain "/"), the
-time split by model part, latencies taken in turns, inference under autocast, reading detectron2's
-per-image inference time and the run time from a training log, and evaluating a run's final model on
-another split once."""
+time split by model part, latencies taken in turns, inference under autocast, the same weights in
+the parts models share, reading detectron2's per-image inference time and the run time from a
+training log, and evaluating a run's final model on another split once."""
 import argparse
 import os
 import sys
@@ -146,3 +146,14 @@ def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, mon
     os.utime(tmp_path / "model_final.pth", (later, later))  # a retrained model
     with pytest.raises(AssertionError, match="evaluated again"):
         benchmark.evaluate_final_model(str(tmp_path), dataset="shapes_val")
+
+
+def test_models_that_share_parts_are_built_with_the_same_weights_there():
+    args = argparse.Namespace(device="cpu")
+    baseline = benchmark._build("Mask R-CNN R50-FPN", args)[0].state_dict()
+    torch.manual_seed(1)  # whatever the generator's state before
+    refinemask = benchmark._build("RefineMask R50-FPN", args)[0].state_dict()
+    shared = [k for k in baseline if k in refinemask and not k.startswith("roi_heads.mask_head.")]
+    assert len(shared) > 150 and any(k.startswith("roi_heads.box_predictor.") for k in shared)
+    for key in shared:
+        assert torch.equal(baseline[key], refinemask[key]), key
