@@ -3,13 +3,14 @@ import contextlib
 import difflib
 import logging
 import os
+import time
 import weakref
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultPredictor, DefaultTrainer
+from detectron2.engine import DefaultPredictor, DefaultTrainer, SimpleTrainer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from torch import nn
@@ -144,10 +145,34 @@ class MixedPrecisionInference(nn.Module):
             return outputs_in_float32(self.model(batched_inputs))
 
 
+class CPUMixedPrecisionTrainer(SimpleTrainer):
+    """detectron2's training step with the forward pass (model and losses) under CPU bfloat16
+    autocast. detectron2's AMPTrainer needs CUDA (float16 with loss scaling); bfloat16 has float32's
+    exponent range, so its losses need no scaling."""
+
+    def run_step(self):
+        assert self.model.training, "CPUMixedPrecisionTrainer: the model was put in eval mode"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with this project's checkpointer (safe loading, atomic saving),
     dataset mapper (clear errors on bad images) and evaluator (box, mask and Boundary AP, with or
-    without detectron2's compiled ops)."""
+    without detectron2's compiled ops); SOLVER.AMP.ENABLED also works on a CPU (bfloat16)."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
+            self._trainer = CPUMixedPrecisionTrainer(self.model, self.data_loader, self.optimizer)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before asking for the hooks; the

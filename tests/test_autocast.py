@@ -1,13 +1,15 @@
 """Every method predicts under CPU mixed precision (torch.autocast, bfloat16), as detectron2's own
 Mask R-CNN does with torchvision's RoIAlign: this project's ops, poolers and conv2d_at keep the dtypes
-detectron2 expects. TEST.AUTOCAST turns it on for the Predictor and the evaluation."""
+detectron2 expects. TEST.AUTOCAST turns it on for the Predictor and the evaluation, SOLVER.AMP.ENABLED
+for training on a CPU."""
 import numpy as np
 import pytest
 import torch
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from helpers import CONFIGS
+from detectron2.utils.events import EventStorage
+from helpers import CONFIGS, TINY
 
 from instseg.engine import build_config
 
@@ -75,3 +77,26 @@ def test_evaluation_runs_under_test_autocast_and_sees_float32(dtype, monkeypatch
     assert not model.training  # the evaluation leaves the model in the mode it found it in
     (out,) = outputs.outputs
     assert out["instances"].scores.dtype == (torch.float32 if dtype else torch.bfloat16)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.split("/")[1])
+def test_amp_training_on_cpu_runs_the_forward_in_bfloat16(config, tmp_path):
+    from instseg.engine import CPUMixedPrecisionTrainer, Trainer
+
+    opts = TINY + ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
+                   "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
+    trainer = Trainer(build_config(config, opts))
+    assert isinstance(trainer._trainer, CPUMixedPrecisionTrainer)
+    seen = []
+    trainer.model.backbone.register_forward_hook(lambda m, i, out: seen.append(next(iter(out.values())).dtype))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert seen == [torch.bfloat16] * 2
+    after = trainer.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert all(v.dtype == before[k].dtype for k, v in after.items())  # the weights stay float32
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert any(k.startswith("backbone.") for k in changed) and any("head" in k for k in changed)
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = trainer.model(next(trainer._trainer._data_loader_iter))  # a 2nd iter() would never yield
+    assert {k: v.dtype for k, v in losses.items()} == {k: torch.float32 for k in losses}

@@ -222,16 +222,18 @@ class FCOS(nn.Module):
         pos_image, pos_loc = torch.nonzero(labels != self.num_classes, as_tuple=True)
         num_pos_avg = _reduce_mean(pos_image.new_tensor(float(len(pos_image)), dtype=torch.float32)).clamp(min=1.0)
 
-        one_hot = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(pred.logits.dtype)
+        # float32 even under autocast: the losses sum over every location, GIoU indexes in place
+        logits, box_reg, ctrness = pred.logits.float(), pred.box_reg.float(), pred.ctrness.float()
+        one_hot = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(logits.dtype)
         loss_cls = sigmoid_focal_loss_jit(
-            pred.logits, one_hot, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+            logits, one_hot, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
         ) / num_pos_avg
 
         reg_targets = torch.stack([t.reg for t in targets])[pos_image, pos_loc]
         ctr_targets = centerness_targets(reg_targets)
         loss_denorm = _reduce_mean(ctr_targets.sum().detach()).clamp(min=1e-6)
-        reg_pred = pred.box_reg[pos_image, pos_loc]
-        ctr_pred = pred.ctrness[pos_image, pos_loc]
+        reg_pred = box_reg[pos_image, pos_loc]
+        ctr_pred = ctrness[pos_image, pos_loc]
         if len(pos_image) > 0:
             as_boxes = lambda d: torch.stack([-d[:, 0], -d[:, 1], d[:, 2], d[:, 3]], dim=1)  # noqa: E731
             giou = giou_loss(as_boxes(reg_pred), as_boxes(reg_targets), reduction="none")
