@@ -15,7 +15,8 @@ def add_instseg_config(cfg: CN) -> None:
     # detectron2 defaults to "cuda"; fall back to the CPU on machines without a GPU.
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     # Inference (evaluation, Predictor) in mixed precision: torch.autocast on MODEL.DEVICE in this
-    # dtype, "bfloat16" or "float16"; "" runs it in float32. Training is not affected.
+    # dtype, "bfloat16" or "float16"; "" runs it in float32. Training has detectron2's own switch,
+    # SOLVER.AMP.ENABLED (bfloat16 on a CPU, see instseg.engine.Trainer).
     cfg.TEST.AUTOCAST = ""
     _add_fcos_config(cfg)
 
