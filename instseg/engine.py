@@ -109,9 +109,9 @@ def mixed_precision(device: str, dtype: str):
         yield
 
 
-def _float32(value):
+def _half_to_float32(value):
     if isinstance(value, Boxes):
-        return Boxes(_float32(value.tensor))
+        return Boxes(_half_to_float32(value.tensor))
     if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
         return value.float()
     return value
@@ -125,8 +125,8 @@ def outputs_in_float32(outputs):
     converted = {}
     for key, value in outputs.items():
         if isinstance(value, Instances):
-            value = Instances(value.image_size, **{k: _float32(v) for k, v in value.get_fields().items()})
-        converted[key] = _float32(value)
+            value = Instances(value.image_size, **{k: _half_to_float32(v) for k, v in value.get_fields().items()})
+        converted[key] = _half_to_float32(value)
     return converted
 
 
@@ -148,7 +148,9 @@ class MixedPrecisionInference(nn.Module):
 class CPUMixedPrecisionTrainer(SimpleTrainer):
     """detectron2's training step with the forward pass (model and losses) under CPU bfloat16
     autocast. detectron2's AMPTrainer needs CUDA (float16 with loss scaling); bfloat16 has float32's
-    exponent range, so its losses need no scaling."""
+    exponent range, so its losses need no scaling. SimpleTrainer.run_step is written out again rather
+    than wrapped, because wrapping it would run the backward pass under autocast too, which PyTorch
+    advises against."""
 
     def run_step(self):
         assert self.model.training, "CPUMixedPrecisionTrainer: the model was put in eval mode"
