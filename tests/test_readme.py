@@ -1,6 +1,7 @@
 """The README's file paths and config keys exist, and CI runs its test command: a renamed file or key
 would otherwise leave a command in the README that fails for the user who copies it."""
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,30 @@ def test_readme_config_keys_exist():
             node = node[part]
     assert not missing, f"README.md names config keys that do not exist: {missing}"
     assert "NUM_CLASSES" not in cfg.MODEL.FCOS  # the README says so
+
+
+def _code_in_readme():
+    """The README's fenced code blocks (line continuations joined) and inline code spans."""
+    blocks = [b.replace("\\\n", " ") for b in re.findall(r"```[a-z]*\n(.*?)```", README, re.DOTALL)]
+    prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+    return blocks + re.findall(r"`([^`\n]+)`", prose)
+
+
+def _key_value_pairs():
+    pairs = []
+    for code in _code_in_readme():
+        words = shlex.split(code)
+        pairs += [(key, value) for key, value in zip(words, words[1:]) if CONFIG_KEY.fullmatch(key)]
+    return pairs
+
+
+def test_readme_key_value_options_are_accepted():
+    pairs = _key_value_pairs()
+    assert ("SOLVER.AMP.ENABLED", "True") in pairs  # the parsing finds the options
+    for key, value in pairs:
+        cfg = build_config()
+        cfg.defrost()
+        cfg.merge_from_list([key, value])  # raises on a wrong type, e.g. an int for a float key
 
 
 def test_ci_runs_the_readme_test_command():
