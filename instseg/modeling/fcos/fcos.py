@@ -16,7 +16,7 @@ from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
-from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -225,7 +225,9 @@ class FCOS(nn.Module):
         # float32 even under autocast: the losses sum over every location, GIoU indexes in place
         logits, box_reg, ctrness = pred.logits.float(), pred.box_reg.float(), pred.ctrness.float()
         one_hot = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(logits.dtype)
-        loss_cls = sigmoid_focal_loss_jit(
+        # fvcore's eager focal loss, not its TorchScript one, which switches to a fused backward after
+        # its first calls: a process's first training would round differently from the next ones
+        loss_cls = sigmoid_focal_loss(
             logits, one_hot, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
         ) / num_pos_avg
 
