@@ -172,9 +172,20 @@ class Trainer(DefaultTrainer):
     without detectron2's compiled ops); SOLVER.AMP.ENABLED also works on a CPU (bfloat16)."""
 
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
-        if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            self._trainer = CPUMixedPrecisionTrainer(self.model, self.data_loader, self.optimizer)
+        cpu_amp = cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        if not cpu_amp:
+            super().__init__(cfg)
+            return
+        # DefaultTrainer would build its CUDA-only AMPTrainer (and warn that it disables loss
+        # scaling): build its SimpleTrainer, then hand its iterator to our step. Not a second one
+        # over the loader: with DATALOADER.NUM_WORKERS 0 it would share the first one's
+        # aspect-ratio buckets and never yield.
+        without_amp = cfg.clone()
+        without_amp.defrost()
+        without_amp.SOLVER.AMP.ENABLED = False
+        super().__init__(without_amp)
+        self.cfg = cfg
+        self._trainer = CPUMixedPrecisionTrainer(self.model, self._trainer._data_loader_iter, self.optimizer)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before asking for the hooks; the

@@ -80,13 +80,14 @@ def test_evaluation_runs_under_test_autocast_and_sees_float32(dtype, monkeypatch
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.split("/")[1])
-def test_amp_training_on_cpu_runs_the_forward_in_bfloat16(config, tmp_path):
+def test_amp_training_on_cpu_runs_the_forward_in_bfloat16(config, tmp_path, recwarn):
     from instseg.engine import CPUMixedPrecisionTrainer, Trainer
 
     opts = TINY + ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
                    "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
     trainer = Trainer(build_config(config, opts))
-    assert isinstance(trainer._trainer, CPUMixedPrecisionTrainer)
+    assert isinstance(trainer._trainer, CPUMixedPrecisionTrainer) and trainer.cfg.SOLVER.AMP.ENABLED
+    assert not [w for w in recwarn if "GradScaler" in str(w.message)]  # no CUDA AMPTrainer was built
     seen = []
     trainer.model.backbone.register_forward_hook(lambda m, i, out: seen.append(next(iter(out.values())).dtype))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
