@@ -11,14 +11,13 @@ import sys
 
 import pytest
 import torch
+from detectron2.utils.env import seed_all_rng
 from helpers import CONFIGS, TINY, run
+
+from instseg.engine import Trainer, build_config
 
 
 def _train(config: str, output_dir: str) -> dict:
-    from detectron2.utils.env import seed_all_rng
-
-    from instseg.engine import Trainer, build_config
-
     opts = TINY + ["DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()", "MODEL.DEVICE", "cpu",
                    "OUTPUT_DIR", output_dir]
     cfg = build_config(config, opts)
