@@ -11,7 +11,9 @@ from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
 from instseg.engine import build_config
+import refinemask.mask_head
 from refinemask import SFMStage, boundary_region, merge_stage
+from refinemask.mask_head import _roi_chunks
 
 SHAPES = "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml"
 
@@ -70,7 +72,9 @@ def _head_and_instances():
 def test_sfm_stage_shapes():
     stage = SFMStage(64, 128, 4, 14, 3, [1, 3, 5], "instseg")
     boxes = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 4.0, 60.0, 40.0]]))]
-    logits, out = stage(torch.randn(2, 64, 14, 14), torch.randn(1, 128, 16, 16), torch.randn(1, 1, 16, 16), boxes, torch.tensor([0, 2]))
+    semantic_map = stage.transform_semantic(torch.randn(1, 128, 16, 16))
+    logits, out = stage(torch.randn(2, 64, 14, 14), semantic_map, torch.rand(1, 1, 16, 16), boxes, torch.tensor([0, 2]))
+    assert semantic_map.shape == (1, 64, 16, 16)
     assert logits.shape == (2, 14, 14) and out.shape == (2, 32, 14, 14)
 
 
@@ -105,7 +109,10 @@ def test_sfm_stage_equals_its_plain_composition():
     inputs = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in [(3, 16, 14, 14), (1, 24, 16, 16), (1, 1, 16, 16)]]
     weights = torch.randn(3, 14, 14, generator=g, dtype=torch.float64), torch.randn(3, 8, 14, 14, generator=g, dtype=torch.float64)
     results = []
-    for run in (lambda *a: stage(*a[:3], [Boxes(boxes)], labels), lambda *a: plain_sfm(stage, *a, boxes, labels)):
+    def ours(x, semantic_feat, semantic_logits):
+        return stage(x, stage.transform_semantic(semantic_feat), semantic_logits.sigmoid(), [Boxes(boxes)], labels)
+
+    for run in (ours, lambda *a: plain_sfm(stage, *a, boxes, labels)):
         stage.zero_grad()
         x = [t.clone().requires_grad_() for t in inputs]
         logits, out = run(*x)
@@ -149,6 +156,43 @@ def test_head_classifies_only_the_rois_classes_and_before_the_last_upsampling(cl
     assert torch.allclose(stage_logits[0], first[torch.arange(3), labels], atol=1e-10)
     assert torch.allclose(stage_logits[-1], last[torch.arange(3), pick], atol=1e-10)
     assert [x.shape[-1] for x in stage_logits] == [14, 28, 56, 112]
+
+
+def test_roi_chunks_keep_each_roi_with_its_image():
+    boxes = [Boxes(torch.arange(5.0)[:, None].expand(5, 4)), Boxes(torch.zeros(0, 4)), Boxes(10 + torch.arange(4.0)[:, None].expand(4, 4))]
+    chunks = list(_roi_chunks(boxes, 3))
+    assert [(start, end) for start, end, _ in chunks] == [(0, 3), (3, 6), (6, 9)]
+    assert [[b.tensor[:, 0].tolist() for b in chunk] for _, _, chunk in chunks] == [
+        [[0, 1, 2], [], []],
+        [[3, 4], [], [10]],
+        [[], [], [11, 12, 13]],
+    ]
+    assert [(start, end, [len(b) for b in chunk]) for start, end, chunk in _roi_chunks([Boxes(torch.zeros(0, 4))], 3)] == [(0, 0, [0])]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_head_in_chunks_equals_the_head_on_all_rois(monkeypatch, chunk_size):
+    """Forward and gradients of 7 RoIs on 3 images (one without RoIs), in chunks that cross images."""
+    head = build_model(build_config(SHAPES)).roi_heads.mask_head.double()
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    c = head.instance_convs[0].in_channels
+    inputs = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in [(7, c, 14, 14), (3, c, 16, 16), (3, 1, 16, 16)]]
+    corners = torch.rand(7, 2, generator=g, dtype=torch.float64) * 30
+    all_boxes = torch.cat([corners, corners + 8 + torch.rand(7, 2, generator=g, dtype=torch.float64) * 30], dim=1)
+    boxes = [Boxes(all_boxes[:4]), Boxes(all_boxes[:0]), Boxes(all_boxes[4:])]
+    labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    results = []
+    for size in (100, chunk_size):
+        monkeypatch.setattr(refinemask.mask_head, "ROIS_PER_CHUNK", size)
+        head.zero_grad()
+        x = [t.clone().requires_grad_() for t in inputs]
+        stage_logits = head(*x, boxes, labels)
+        sum((logits * (i + 1)).sum() for i, logits in enumerate(stage_logits)).backward()
+        results.append(stage_logits + [t.grad for t in x] + [p.grad.clone() for p in head.parameters()])
+    for whole, chunked in zip(*results):
+        assert torch.allclose(whole, chunked, atol=1e-10)
 
 
 def test_loss_masks_later_stages_to_the_boundary_region():
