@@ -36,7 +36,7 @@ def _channels_last(x: Tensor) -> Tensor:
 # The refinement stages run on chunks of this many RoIs. A chunk's largest map (16 RoIs x 64 channels
 # x 56 x 56 floats, 13 MB) stays under glibc's 32 MB mmap threshold, so the memory of one chunk's
 # maps is reused by the next instead of being mapped and page-faulted anew: on CPU (2 threads, 100
-# RoIs of the R50 benchmark) the head runs about 1.4x faster so, with equal results.
+# RoIs of the R50 benchmark) the head runs 1.2-1.4x faster so, with equal results.
 ROIS_PER_CHUNK = 16
 
 
