@@ -186,7 +186,8 @@ class RefineMaskHead(nn.Module):
     def forward(self, x: Tensor, semantic_feat: Tensor, semantic_logits: Tensor, boxes: List[Boxes], labels: Tensor) -> List[Tensor]:
         """
         Args:
-            x: (M, C_in, 14, 14) RoI features; semantic_feat, semantic_logits: see SFMStage.
+            x: (M, C_in, 14, 14) RoI features.
+            semantic_feat: (N, D, H, W) and semantic_logits (N, 1, H, W): the semantic head's outputs.
             boxes: per image, the RoIs; labels: (M,) their classes (ground truth in training,
                 predicted at test time).
 
