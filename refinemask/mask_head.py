@@ -50,7 +50,8 @@ def _roi_chunks(boxes: List[Boxes], size: int):
         offsets.append(offsets[-1] + len(b))
     for start in range(0, max(offsets[-1], 1), size):
         end = min(start + size, offsets[-1])
-        yield start, end, [b[min(max(start - o, 0), len(b)) : min(max(end - o, 0), len(b))] for b, o in zip(boxes, offsets)]
+        # slicing clamps past an image's end; only the start of the image needs a bound
+        yield start, end, [b[max(start - o, 0) : max(end - o, 0)] for b, o in zip(boxes, offsets)]
 
 
 def _class_logits(classifier: nn.Conv2d, x: Tensor, labels: Tensor) -> Tensor:

@@ -11,9 +11,7 @@ from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
 from instseg.engine import build_config
-import refinemask.mask_head
-from refinemask import SFMStage, boundary_region, merge_stage
-from refinemask.mask_head import _roi_chunks
+from refinemask import SFMStage, boundary_region, mask_head, merge_stage
 
 SHAPES = "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml"
 
@@ -160,14 +158,14 @@ def test_head_classifies_only_the_rois_classes_and_before_the_last_upsampling(cl
 
 def test_roi_chunks_keep_each_roi_with_its_image():
     boxes = [Boxes(torch.arange(5.0)[:, None].expand(5, 4)), Boxes(torch.zeros(0, 4)), Boxes(10 + torch.arange(4.0)[:, None].expand(4, 4))]
-    chunks = list(_roi_chunks(boxes, 3))
+    chunks = list(mask_head._roi_chunks(boxes, 3))
     assert [(start, end) for start, end, _ in chunks] == [(0, 3), (3, 6), (6, 9)]
     assert [[b.tensor[:, 0].tolist() for b in chunk] for _, _, chunk in chunks] == [
         [[0, 1, 2], [], []],
         [[3, 4], [], [10]],
         [[], [], [11, 12, 13]],
     ]
-    assert [(start, end, [len(b) for b in chunk]) for start, end, chunk in _roi_chunks([Boxes(torch.zeros(0, 4))], 3)] == [(0, 0, [0])]
+    assert [(start, end, [len(b) for b in chunk]) for start, end, chunk in mask_head._roi_chunks([Boxes(torch.zeros(0, 4))], 3)] == [(0, 0, [0])]
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3])
@@ -185,7 +183,7 @@ def test_head_in_chunks_equals_the_head_on_all_rois(monkeypatch, chunk_size):
     labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
     results = []
     for size in (100, chunk_size):
-        monkeypatch.setattr(refinemask.mask_head, "ROIS_PER_CHUNK", size)
+        monkeypatch.setattr(mask_head, "ROIS_PER_CHUNK", size)
         head.zero_grad()
         x = [t.clone().requires_grad_() for t in inputs]
         stage_logits = head(*x, boxes, labels)
