@@ -79,6 +79,29 @@ def test_memory_formats_and_box_lists(device):
     torch.testing.assert_close(roi_align(x, boxes, 4, 1.0, 2, True), ref[order], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, 0), (False, 2)])
+def test_channels_last_is_pooled_in_place_like_nchw(dtype, aligned, sampling_ratio):
+    """CPU: a channels-last map is pooled without a copy into a channels-last result, equal bit for bit
+    to the NCHW kernel's (the same sums in the same order) and to torchvision's; gradients too. 130
+    channels: two full blocks of 64 and a partial one."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 130, 24, 36, generator=g, dtype=dtype)
+    rois = torch.cat([random_rois(30, 24 * 4, 36 * 4, 2, dtype, margin=0.2), special_rois(24 * 4, 36 * 4, dtype)])
+    args = ((7, 5), 0.25, sampling_ratio, aligned)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = roi_align(x_cl, rois, *args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, roi_align(x, rois, *args))
+    x_ref = x.clone().requires_grad_()
+    ref = torchvision.ops.roi_align(x_ref, rois, *args)
+    torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=0)
+    grad = torch.randn(ref.shape, generator=g, dtype=dtype)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x_cl.grad, x_ref.grad, atol=10 * TOL[dtype], rtol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_reads_strided_grads(device):
     # the backward kernel reads grad through its strides: an expanded grad (stride 0, as from a sum
@@ -153,9 +176,11 @@ def test_non_finite_boxes_pool_to_zero(device, aligned, sampling_ratio):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("aligned,sampling_ratio", [(True, 2), (False, 0), (True, -1)])
-def test_gradcheck(device, seed, aligned, sampling_ratio):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gradcheck(device, seed, aligned, sampling_ratio, memory_format):
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(2, 2, 8, 9, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    x = torch.rand(2, 2, 8, 9, generator=g, dtype=torch.float64).to(device)
+    x = x.contiguous(memory_format=memory_format).requires_grad_(True)
     rois = torch.cat([random_rois(6, 8, 9, 2, torch.float64, seed, margin=0.3),
                       special_rois(8, 9, torch.float64)]).to(device)
 
@@ -165,8 +190,10 @@ def test_gradcheck(device, seed, aligned, sampling_ratio):
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
 
 
-def test_opcheck_schema_autograd_fake():
-    x = torch.randn(2, 3, 10, 12, requires_grad=True)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_opcheck_schema_autograd_fake(memory_format):
+    """Also checks that the fake kernel gives the real one's strides (channels-last in and out)."""
+    x = torch.randn(2, 3, 10, 12).contiguous(memory_format=memory_format).requires_grad_()
     rois = random_rois(5, 10, 12, 2)
     torch.library.opcheck(torch.ops.instseg.roi_align.default, (x, rois, 1.0, 3, 3, 2, True))
 

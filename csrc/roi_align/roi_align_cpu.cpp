@@ -1,9 +1,12 @@
 // RoIAlign CPU kernels. Each RoI's samples are computed once and shared by all channels
 // (roi_samples_cpu.h, which pools a plane in two separable passes).
-// Forward runs in parallel over (RoI, channel) pairs; backward runs in parallel over channels, so
-// that no two threads ever add into the same gradient plane.
+// Forward runs in parallel over (RoI, channel) pairs, or over (RoI, block of channels) for a
+// channels-last input, which it pools in place into a channels-last output (no copy to NCHW);
+// backward runs in parallel over channels, so that no two threads ever add into the same gradient
+// plane.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <torch/library.h>
 
 #include "roi_align_checks.h"
@@ -12,6 +15,15 @@
 
 namespace instseg {
 namespace {
+
+// Channels per work item of the channels-last forward: with 2 threads and a dozen RoIs there is
+// work for both, and a RoI's row buffer stays small (rows read x pooled width x 64).
+constexpr int64_t kChannelBlock = 64;
+
+// Strided like NHWC and not like NCHW (a tensor with C == 1 or H == W == 1 is both: NCHW then).
+bool is_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
 
 at::Tensor roi_align_forward_cpu(
     const at::Tensor& input,
@@ -27,12 +39,16 @@ at::Tensor roi_align_forward_cpu(
   const int64_t channels = input.size(1);
   const int height = input.size(2);
   const int width = input.size(3);
+  const bool channels_last = is_channels_last(input);
   at::Tensor output =
-      at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
+      at::empty(
+          {num_rois, channels, pooled_height, pooled_width}, input.options(),
+          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
+          .zero_();
   if (output.numel() == 0 || height == 0 || width == 0) {
     return output;
   }
-  at::Tensor input_c = input.contiguous();
+  at::Tensor input_c = channels_last ? input : input.contiguous();
   at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward_cpu", [&] {
     const auto samples = sample_rois<scalar_t>(
@@ -43,6 +59,22 @@ at::Tensor roi_align_forward_cpu(
     scalar_t* out = output.data_ptr<scalar_t>();
     const int64_t plane = static_cast<int64_t>(height) * width;
     const int64_t bins = pooled_height * pooled_width;
+    if (channels_last) {
+      const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+      at::parallel_for(0, num_rois * blocks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> rows;
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t r = i / blocks;
+          const int64_t c0 = (i % blocks) * kChannelBlock;
+          const RoISamples<scalar_t>& s = samples[r];
+          forward_roi_channels_last(
+              s, in + s.bins.batch * plane * channels, width, channels, c0,
+              std::min(c0 + kChannelBlock, channels), pooled_height, pooled_width, rows,
+              out + r * bins * channels);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, num_rois * channels, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> rows;
       for (int64_t i = begin; i < end; ++i) {

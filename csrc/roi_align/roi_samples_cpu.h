@@ -6,7 +6,7 @@
 // along y, out of that buffer, in loops over pw that vectorize. When a box spans fewer pixels
 // than it has samples (the blender's 56 x 56 crops), neighbouring samples share rows, which a
 // four-taps-per-sample loop would read again for each of them. Backward runs the two passes
-// transposed.
+// transposed. A channels-last image is pooled a RoI at a time, the loops running over channels.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -111,6 +111,55 @@ void forward_plane(
       const T w_low = y.w_low * inv_count, w_high = y.w_high * inv_count;
       for (int pw = 0; pw < pooled_width; ++pw) {
         dst[pw] += w_low * low[pw] + w_high * high[pw];
+      }
+    }
+  }
+}
+
+// RoIAlign of one RoI on a channels-last image, for the channels [c0, c1): image is (H, W, C), out
+// this RoI's (PH, PW, C) output, zero on entry. The same two passes as forward_plane, each step a
+// loop over the contiguous channels; `rows` is scratch.
+template <typename T>
+void forward_roi_channels_last(
+    const RoISamples<T>& s,
+    const T* image,
+    int width,
+    int64_t channels,
+    int64_t c0,
+    int64_t c1,
+    int pooled_height,
+    int pooled_width,
+    std::vector<T>& rows,
+    T* out) {
+  const int grid_h = s.bins.grid_h, grid_w = s.bins.grid_w;  // >= 0 (grid_size)
+  const int64_t nc = c1 - c0;
+  rows.assign(s.rows.size() * pooled_width * nc, T(0));
+  for (size_t j = 0; j < s.rows.size(); ++j) {
+    const T* src = image + static_cast<int64_t>(s.rows[j]) * width * channels + c0;
+    T* dst = rows.data() + j * pooled_width * nc;
+    for (int pw = 0; pw < pooled_width; ++pw, dst += nc) {
+      for (int ix = 0; ix < grid_w; ++ix) {
+        const AxisSample<T>& x = s.xs[pw * grid_w + ix];
+        const T* low = src + x.low * channels;
+        const T* high = src + x.high * channels;
+        for (int64_t c = 0; c < nc; ++c) {
+          dst[c] += x.w_low * low[c] + x.w_high * high[c];
+        }
+      }
+    }
+  }
+  const T inv_count = T(1) / s.bins.count;
+  for (int ph = 0; ph < pooled_height; ++ph) {
+    for (int iy = 0; iy < grid_h; ++iy) {
+      const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+      const T w_low = y.w_low * inv_count, w_high = y.w_high * inv_count;
+      for (int pw = 0; pw < pooled_width; ++pw) {
+        T* dst = out + (static_cast<int64_t>(ph) * pooled_width + pw) * channels + c0;
+        const T* low = rows.data() + (static_cast<int64_t>(y.low) * pooled_width + pw) * nc;
+        const T* high = rows.data() + (static_cast<int64_t>(y.high) * pooled_width + pw) * nc;
+        for (int64_t c = 0; c < nc; ++c) {
+          dst[c] += w_low * low[c] + w_high * high[c];
+        }
       }
     }
   }

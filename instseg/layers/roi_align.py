@@ -30,7 +30,12 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
         rois.dtype == input.dtype,
         lambda: f"roi_align: rois must have the input's dtype {input.dtype}, got {rois.dtype}",
     )
-    return input.new_empty((rois.size(0), input.size(1), pooled_height, pooled_width))
+    # the CPU kernel pools a channels-last input into a channels-last output (roi_align_cpu.cpp)
+    channels_last = input.device.type == "cpu" and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+    return torch.empty(
+        (rois.size(0), input.size(1), pooled_height, pooled_width), dtype=input.dtype, device=input.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
 
 
 @torch.library.register_fake("instseg::_roi_align_backward")
@@ -82,7 +87,8 @@ def roi_align(
     """RoIAlign (Mask R-CNN), with the arguments of ``torchvision.ops.roi_align``.
 
     Args:
-        input: (N, C, H, W) float feature map (any memory format).
+        input: (N, C, H, W) float feature map (any memory format; on CPU a channels-last map is
+            pooled without a copy, into a channels-last result).
         boxes: (K, 5) rows of (batch_index, x1, y1, x2, y2) in image coordinates, or a list of N
             (K_i, 4) tensors of (x1, y1, x2, y2).
         output_size: (PH, PW), or one int for both.
