@@ -4,6 +4,7 @@ Both ops run on the same inputs in the same process; the script prints the media
 the ratio torchvision / ours (> 1 means ours is faster).
 
     python projects/benchmark_roi_align.py                 # CPU, 2 threads, 512 RoIs x 256 ch
+    python projects/benchmark_roi_align.py --channels-last --forward-only
     python projects/benchmark_roi_align.py --device cuda
 """
 import argparse
@@ -28,13 +29,14 @@ def make_inputs(num_rois, channels, device, seed=0):
     return features.to(device), rois.to(device), 1.0 / stride
 
 
-def time_fwd_bwd(fn, features, rois, scale, output_size, repeats, warmup=2):
-    features = features.detach().requires_grad_(True)
+def time_op(fn, features, rois, scale, output_size, repeats, backward=True, warmup=2):
+    features = features.detach().requires_grad_(backward)
 
     def run():
         features.grad = None  # a fresh gradient each call, as in training, not an accumulated one
         out = fn(features, rois, output_size, scale, 0, True)
-        out.backward(torch.ones_like(out))
+        if backward:
+            out.backward(torch.ones_like(out))
 
     return statistics.median(seconds_in_turns({"op": run}, warmup, repeats, str(features.device))["op"])
 
@@ -46,18 +48,24 @@ def main():
     parser.add_argument("--rois", type=int, default=512)
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--channels-last", action="store_true", help="the feature map in channels-last memory format")
+    parser.add_argument("--forward-only", action="store_true", help="time inference: no backward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     features, rois, scale = make_inputs(args.rois, args.channels, args.device)
+    if args.channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
 
-    print(f"RoIAlign forward+backward, {args.rois} RoIs x {args.channels} channels, "
-          f"feature map {tuple(features.shape)}, sampling_ratio 0, aligned, device {args.device}, "
-          f"{args.threads} threads, median of {args.repeats}")
+    print(f"RoIAlign {'forward' if args.forward_only else 'forward+backward'}, {args.rois} RoIs x "
+          f"{args.channels} channels, feature map {tuple(features.shape)}"
+          f"{' channels-last' if args.channels_last else ''}, sampling_ratio 0, aligned, device "
+          f"{args.device}, {args.threads} threads, median of {args.repeats}")
     print("| output | torchvision (ms) | instseg (ms) | speed-up |")
     print("|---|---|---|---|")
     for output_size in (7, 14):
-        ref = time_fwd_bwd(torchvision.ops.roi_align, features, rois, scale, output_size, args.repeats)
-        ours = time_fwd_bwd(roi_align, features, rois, scale, output_size, args.repeats)
+        timing = (features, rois, scale, output_size, args.repeats, not args.forward_only)
+        ref = time_op(torchvision.ops.roi_align, *timing)
+        ours = time_op(roi_align, *timing)
         print(f"| {output_size}x{output_size} | {ref * 1e3:.1f} | {ours * 1e3:.1f} | {ref / ours:.2f}x |")
 
 
