@@ -18,6 +18,11 @@ def add_instseg_config(cfg: CN) -> None:
     # dtype, "bfloat16" or "float16"; "" runs it in float32. Training has detectron2's own switch,
     # SOLVER.AMP.ENABLED (bfloat16 on a CPU, see instseg.engine.Trainer).
     cfg.TEST.AUTOCAST = ""
+    # Keep the model's weights, and so the feature maps its convs compute, in channels-last memory
+    # format (NHWC), in training and inference: PyTorch's CPU convs then skip their reorders and our
+    # RoIAlign pools the maps in place. Same results up to float rounding; on a CPU every method
+    # predicts 1.2-1.3x faster so (README, Benchmarks).
+    cfg.MODEL.CHANNELS_LAST = False
     _add_fcos_config(cfg)
 
 

@@ -97,6 +97,14 @@ def _unknown_key_message(cfg: CfgNode, error: str, where: str) -> str:
     return f"unknown config key {key}{where}{hint}"
 
 
+def to_memory_format(model: nn.Module, cfg: CfgNode) -> nn.Module:
+    """`model`, in place, in channels-last memory format when cfg.MODEL.CHANNELS_LAST: its 4-D
+    weights, and so its conv outputs (PyTorch's convs follow the weights' format, whatever the input's)."""
+    if cfg.MODEL.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def evaluation_dir(output_dir: str, dataset_name: str) -> str:
     """Where Trainer.test writes the predictions and results of a dataset (detectron2's layout)."""
     return os.path.join(output_dir, "inference", dataset_name)
@@ -187,6 +195,10 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self._trainer = CPUMixedPrecisionTrainer(self.model, self._trainer._data_loader_iter, self.optimizer)
 
+    @classmethod
+    def build_model(cls, cfg):
+        return to_memory_format(super().build_model(cfg), cfg)
+
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before asking for the hooks; the
         # checkpoint hook and resume_or_load must use ours.
@@ -240,8 +252,8 @@ class Trainer(DefaultTrainer):
 
 class Predictor(DefaultPredictor):
     """detectron2's DefaultPredictor, loading cfg.MODEL.WEIGHTS with this project's Checkpointer, so
-    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted), and predicting in
-    mixed precision when cfg.TEST.AUTOCAST names a dtype."""
+    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted), predicting in
+    mixed precision when cfg.TEST.AUTOCAST names a dtype and channels-last with MODEL.CHANNELS_LAST."""
 
     def __init__(self, cfg: CfgNode):
         weights_free = cfg.clone()
@@ -249,6 +261,7 @@ class Predictor(DefaultPredictor):
         weights_free.MODEL.WEIGHTS = ""
         super().__init__(weights_free)
         self.cfg = cfg.clone()
+        to_memory_format(self.model, cfg)
         Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)
 
     def __call__(self, original_image: np.ndarray) -> dict:

@@ -27,14 +27,19 @@ evaluated on the 500 images of the test split, the numbers the table leads with 
 them (after a change to one method, say); the others' rows are read from their runs in --output.
 
 With --autocast, inference (latency, parts, memory) runs under torch.autocast in that dtype; the
-training step stays in float32.
+training step stays in float32. With --channels-last every model is built with MODEL.CHANNELS_LAST
+(weights and feature maps in NHWC memory format), for everything measured. With either, the latency
+process also times each model in the default setting (float32, NCHW) in the same turns, and a table
+gives the speed-up.
 
-Writes a markdown table to --output (speed_<device>.md, or speed_<device>_<dtype>.md with --autocast;
-with --accuracy accuracy.md and accuracy.png, the speed-vs-accuracy plot).
+Writes a markdown table to --output (speed_<device>.md, with _<dtype> after --autocast and
+_channels_last after --channels-last; with --accuracy accuracy.md and accuracy.png, the
+speed-vs-accuracy plot).
 
     python projects/benchmark.py                          # CPU latency etc., all models
     python projects/benchmark.py --device cuda --repeats 50
     python projects/benchmark.py --autocast bfloat16      # inference in mixed precision
+    python projects/benchmark.py --channels-last          # NHWC weights and feature maps
     python projects/benchmark.py --accuracy               # trains the *_shapes configs (long)
     python projects/benchmark.py --accuracy --accuracy-models "BlendMask R18"
     python projects/benchmark.py --accuracy --accuracy-models   # no training: re-read, evaluate new models
@@ -167,15 +172,15 @@ def _build(name, args):
     """The randomly initialised model in eval mode and its synthetic input batch."""
     from detectron2.modeling import build_model
 
-    from instseg.engine import build_config
+    from instseg.engine import build_config, to_memory_format
 
     config, size = SPEED_MODELS[name]
-    cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device])
+    cfg = build_config(config, RANDOM_INIT + ["MODEL.DEVICE", args.device, "MODEL.CHANNELS_LAST", str(args.channels_last)])
     # Every model from the same seed: the parts RefineMask shares with Mask R-CNN (backbone, RPN, box
     # head) get the same weights, so both mask branches get the same proposals and detections, whose
     # sizes set the poolers' cost (adaptive sampling).
     torch.manual_seed(0)
-    return build_model(cfg).eval(), _synthetic_batch(size, args.device, with_targets=False)
+    return to_memory_format(build_model(cfg), cfg).eval(), _synthetic_batch(size, args.device, with_targets=False)
 
 
 @contextlib.contextmanager
@@ -198,21 +203,28 @@ def latency_stats(seconds):
     return {"latency_median": statistics.median(t), "latency_p90": t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]}
 
 
+def _setting(args) -> str:
+    """The inference setting of a run other than the default (float32, NCHW), "" for the default."""
+    return " ".join(([args.autocast] if args.autocast else []) + (["channels-last"] if args.channels_last else []))
+
+
 def measure_latencies(names, args):
     """Runs in a subprocess: the inference latency of every model, the models taking turns; with
-    --autocast every model takes a turn in float32 too, for the speed-up of mixed precision."""
+    --autocast or --channels-last every model takes a turn in the default setting too (float32,
+    NCHW: a copy of the model), for the speed-up."""
     torch.set_num_threads(args.threads)
     runs = {}
     for name in names:
         model, inputs = _build(name, args)
         runs[name] = functools.partial(_infer, model, inputs, args.device, args.autocast)
-        if args.autocast:
-            runs[f"{name} (float32)"] = functools.partial(_infer, model, inputs, args.device, None)
+        if _setting(args):
+            default = copy.deepcopy(model).to(memory_format=torch.contiguous_format) if args.channels_last else model
+            runs[f"{name} (default)"] = functools.partial(_infer, default, inputs, args.device, None)
     seconds = seconds_in_turns(runs, args.warmup, args.repeats, args.device)
     results = {name: latency_stats(seconds[name]) for name in names}
-    if args.autocast:
+    if _setting(args):
         for name in names:
-            results[name]["latency_float32_median"] = statistics.median(seconds[f"{name} (float32)"])
+            results[name]["latency_default_median"] = statistics.median(seconds[f"{name} (default)"])
     return results
 
 
@@ -263,10 +275,10 @@ def _ratio_of(results, ref, key):
 
 def speed_table(results, args):
     ref = results.get(next(iter(SPEED_MODELS)), {})  # ratios need the reference in the same run
-    autocast = f" --autocast {args.autocast}" if args.autocast else ""
+    flags = (f" --autocast {args.autocast}" if args.autocast else "") + (" --channels-last" if args.channels_last else "")
     lines = [
         f"Measured by `python projects/benchmark.py --device {args.device} --threads {args.threads} "
-        f"--repeats {args.repeats}{autocast}` on {platform.machine()} ({os.cpu_count()} cores"
+        f"--repeats {args.repeats}{flags}` on {platform.machine()} ({os.cpu_count()} cores"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
         + f"), torch {torch.__version__}, random init, 1 image per inference.",
         "",
@@ -283,12 +295,12 @@ def speed_table(results, args):
             f"{r['peak_memory'] / 2**20:.0f} | {_ratio_of(r, ref, 'peak_memory')} | "
             f"{r['train_iter']:.2f} | {_ratio_of(r, ref, 'train_iter')} |"
         )
-    if args.autocast:
-        lines += ["", "Mixed precision against float32 (each model in both, all taking turns in one process):", "",
-                  f"| model | float32 latency (ms) | {args.autocast} latency (ms) | speed-up |", "|---|---|---|---|"]
+    if _setting(args):
+        lines += ["", f"{_setting(args)} against float32 NCHW (each model in both, all taking turns in one process):", "",
+                  f"| model | float32 NCHW latency (ms) | {_setting(args)} latency (ms) | speed-up |", "|---|---|---|---|"]
         lines += [
-            f"| {name} | {r['latency_float32_median'] * 1e3:.0f} | {r['latency_median'] * 1e3:.0f} | "
-            f"{r['latency_float32_median'] / r['latency_median']:.2f}x |"
+            f"| {name} | {r['latency_default_median'] * 1e3:.0f} | {r['latency_median'] * 1e3:.0f} | "
+            f"{r['latency_default_median'] / r['latency_median']:.2f}x |"
             for name, r in results.items()
         ]
     notes = [f"- {name}: FLOPs not counted ({r['flops_error']})" for name, r in results.items() if "flops_error" in r]
@@ -456,7 +468,7 @@ def plot(accuracy, path):
 def _measure_in_subprocess(models, args, extra_args, env):
     cmd = [sys.executable, __file__, "--one", *models, *extra_args] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("device", "threads", "warmup", "repeats", "train_iters")
-    ] + ([f"--autocast={args.autocast}"] if args.autocast else [])
+    ] + ([f"--autocast={args.autocast}"] if args.autocast else []) + (["--channels-last"] if args.channels_last else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{', '.join(models)} failed:\n{proc.stderr[-3000:]}")
@@ -473,6 +485,10 @@ def main():
     parser.add_argument(
         "--autocast", choices=["bfloat16", "float16"],
         help="run inference (not the training step) under torch.autocast in this dtype",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true",
+        help="build every model with MODEL.CHANNELS_LAST (NHWC weights and feature maps)",
     )
     parser.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=list(SPEED_MODELS))
     parser.add_argument("--accuracy", action="store_true", help="train the *_shapes configs instead")
@@ -504,7 +520,7 @@ def main():
             results[model].update(_measure_in_subprocess([model], args, ["--memory-only"], dict(os.environ, **PEAK_RSS_ENV)))
             print(f"{model}: {results[model]}", flush=True)
         table = speed_table(results, args)
-        name = f"speed_{args.device}{'_' + args.autocast if args.autocast else ''}.md"
+        name = f"speed_{args.device}{'_' + args.autocast if args.autocast else ''}{'_channels_last' if args.channels_last else ''}.md"
     with open(os.path.join(args.output, name), "w") as f:
         f.write(table + "\n")
     print(table)

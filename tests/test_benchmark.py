@@ -97,7 +97,7 @@ def test_latency_stats_are_the_median_and_p90():
 
 
 def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monkeypatch):
-    args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast="bfloat16")
+    args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast="bfloat16", channels_last=False)
     with benchmark.inference_mode("cpu", "bfloat16"):
         assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -106,7 +106,7 @@ def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monk
     monkeypatch.setattr(benchmark, "_build", lambda name, args: (model, None))
     results = benchmark.measure_latencies(["a"], args)
     assert seen == [True, False] * 2  # warm-up + 1 repeat, mixed precision and float32 taking turns
-    assert set(results["a"]) == {"latency_median", "latency_p90", "latency_float32_median"}
+    assert set(results["a"]) == {"latency_median", "latency_p90", "latency_default_median"}
 
     commands = []
     monkeypatch.setattr(
@@ -121,6 +121,34 @@ def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monk
         assert not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
     benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
     assert not any(c.startswith("--autocast") for c in commands[1])
+
+
+def test_channels_last_models_take_turns_with_an_nchw_copy_and_subprocesses_are_told(monkeypatch):
+    args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast=None, channels_last=True)
+    model, _ = benchmark._build("Mask R-CNN R50-FPN", args)
+    conv = model.backbone.bottom_up.stem.conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    seen = []  # the memory format of the stem's weights in each inference
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, inputs):
+            seen.append(self.conv.weight.is_contiguous())
+
+    monkeypatch.setattr(benchmark, "_build", lambda name, args: (Spy().to(memory_format=torch.channels_last), None))
+    results = benchmark.measure_latencies(["a"], args)
+    assert seen == [False, True] * 2  # warm-up + 1 repeat: channels-last and its NCHW copy taking turns
+    assert set(results["a"]) == {"latency_median", "latency_p90", "latency_default_median"}
+    commands = []
+    monkeypatch.setattr(
+        benchmark.subprocess, "run",
+        lambda cmd, **kwargs: commands.append(cmd) or argparse.Namespace(returncode=0, stdout="{}", stderr=""),
+    )
+    benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
+    assert "--channels-last" in commands[0]
 
 
 def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
@@ -149,7 +177,7 @@ def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, mon
 
 
 def test_models_that_share_parts_are_built_with_the_same_weights_there():
-    args = argparse.Namespace(device="cpu")
+    args = argparse.Namespace(device="cpu", channels_last=False)
     baseline = benchmark._build("Mask R-CNN R50-FPN", args)[0].state_dict()
     torch.manual_seed(1)  # whatever the generator's state before
     refinemask = benchmark._build("RefineMask R50-FPN", args)[0].state_dict()
