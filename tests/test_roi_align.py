@@ -156,10 +156,12 @@ NON_FINITE_ROIS = [
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("aligned,sampling_ratio", [(True, 2), (False, 0), (True, 0)])
-def test_non_finite_boxes_pool_to_zero(device, aligned, sampling_ratio):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_non_finite_boxes_pool_to_zero(device, aligned, sampling_ratio, memory_format):
     """A diverged model's boxes (NaN, inf, astronomically large) used to read memory at undefined
     indices (a segfault); they sample nothing now, and the other boxes are unaffected."""
-    x = torch.rand(2, 3, 8, 9, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.rand(2, 3, 8, 9, dtype=torch.float64, device=device).contiguous(memory_format=memory_format)
+    x.requires_grad_(True)
     good = random_rois(5, 8, 9, 2, torch.float64).to(device)
     bad = torch.tensor(NON_FINITE_ROIS, dtype=torch.float64, device=device)
     out = roi_align(x, torch.cat([good, bad]), 3, 1.0, sampling_ratio, aligned)
