@@ -21,7 +21,7 @@ def add_instseg_config(cfg: CN) -> None:
     # Keep the model's weights, and so the feature maps its convs compute, in channels-last memory
     # format (NHWC), in training and inference: PyTorch's CPU convs then skip their reorders and our
     # RoIAlign pools the maps in place. Same results up to float rounding; on a CPU every method
-    # predicts 1.2-1.3x faster so (README, Benchmarks).
+    # predicts 1.2x-1.5x faster so (README, Benchmarks).
     cfg.MODEL.CHANNELS_LAST = False
     _add_fcos_config(cfg)
 

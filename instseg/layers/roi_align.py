@@ -31,7 +31,9 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
         lambda: f"roi_align: rois must have the input's dtype {input.dtype}, got {rois.dtype}",
     )
     # the CPU kernel pools a channels-last input into a channels-last output (roi_align_cpu.cpp)
-    channels_last = input.device.type == "cpu" and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+    channels_last = (
+        input.device.type == "cpu" and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+    )
     return torch.empty(
         (rois.size(0), input.size(1), pooled_height, pooled_width), dtype=input.dtype, device=input.device,
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
