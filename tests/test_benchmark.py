@@ -96,8 +96,24 @@ def test_latency_stats_are_the_median_and_p90():
     assert stats == {"latency_median": 6.0, "latency_p90": 10.0}
 
 
+def _latency_args(**setting):
+    """benchmark.py's arguments for one warm-up and one repeat, in the default setting but `setting`."""
+    defaults = dict(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast=None, channels_last=False)
+    return argparse.Namespace(**dict(defaults, **setting))
+
+
+def _recorded_commands(monkeypatch):
+    """The command lines that benchmark._measure_in_subprocess runs from now on, recorded instead of run."""
+    commands = []
+    monkeypatch.setattr(
+        benchmark.subprocess, "run",
+        lambda cmd, **kwargs: commands.append(cmd) or argparse.Namespace(returncode=0, stdout="{}", stderr=""),
+    )
+    return commands
+
+
 def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monkeypatch):
-    args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast="bfloat16", channels_last=False)
+    args = _latency_args(autocast="bfloat16")
     with benchmark.inference_mode("cpu", "bfloat16"):
         assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -108,11 +124,7 @@ def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monk
     assert seen == [True, False] * 2  # warm-up + 1 repeat, mixed precision and float32 taking turns
     assert set(results["a"]) == {"latency_median", "latency_p90", "latency_default_median"}
 
-    commands = []
-    monkeypatch.setattr(
-        benchmark.subprocess, "run",
-        lambda cmd, **kwargs: commands.append(cmd) or argparse.Namespace(returncode=0, stdout="{}", stderr=""),
-    )
+    commands = _recorded_commands(monkeypatch)
     benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
     assert "--autocast=bfloat16" in commands[0]
 
@@ -124,11 +136,11 @@ def test_inference_runs_under_autocast_when_asked_and_subprocesses_are_told(monk
 
 
 def test_channels_last_models_take_turns_with_an_nchw_copy_and_subprocesses_are_told(monkeypatch):
-    args = argparse.Namespace(device="cpu", threads=2, warmup=1, repeats=1, train_iters=1, autocast=None, channels_last=True)
+    args = _latency_args(channels_last=True)
     model, _ = benchmark._build("Mask R-CNN R50-FPN", args)
     conv = model.backbone.bottom_up.stem.conv1
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
-    seen = []  # the memory format of the stem's weights in each inference
+    seen = []  # whether the model's weights were NCHW in each inference
 
     class Spy(torch.nn.Module):
         def __init__(self):
@@ -142,13 +154,11 @@ def test_channels_last_models_take_turns_with_an_nchw_copy_and_subprocesses_are_
     results = benchmark.measure_latencies(["a"], args)
     assert seen == [False, True] * 2  # warm-up + 1 repeat: channels-last and its NCHW copy taking turns
     assert set(results["a"]) == {"latency_median", "latency_p90", "latency_default_median"}
-    commands = []
-    monkeypatch.setattr(
-        benchmark.subprocess, "run",
-        lambda cmd, **kwargs: commands.append(cmd) or argparse.Namespace(returncode=0, stdout="{}", stderr=""),
-    )
+    commands = _recorded_commands(monkeypatch)
     benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], args, [], os.environ)
     assert "--channels-last" in commands[0]
+    benchmark._measure_in_subprocess(["Mask R-CNN R50-FPN"], _latency_args(), [], os.environ)
+    assert "--channels-last" not in commands[1]
 
 
 def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
