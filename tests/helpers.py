@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import torch
+
 CONFIGS = [
     "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
     "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml",
@@ -17,6 +19,13 @@ TINY = [
     # that evaluation and the pictures have something to show
     "MODEL.FCOS.INFERENCE_TH_TEST", "0.0",
 ]
+# every detection kept, so that the mask branches of a randomly initialised model run
+ZERO_THRESHOLDS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Strided as NHWC and not as NCHW."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def run(*command, timeout=600):

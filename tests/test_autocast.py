@@ -9,12 +9,9 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from helpers import CONFIGS, TINY
+from helpers import CONFIGS, TINY, ZERO_THRESHOLDS
 
 from instseg.engine import build_config
-
-# every detection kept so that the mask branches run
-ZERO_THRESHOLDS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.split("/")[1])

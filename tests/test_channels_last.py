@@ -3,16 +3,10 @@ NCHW up to float rounding, through the Predictor, and trains through the Trainer
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, TINY
+from helpers import CONFIGS, TINY, ZERO_THRESHOLDS, is_channels_last
 
 from instseg.checkpoint import Checkpointer
 from instseg.engine import Predictor, Trainer, build_config
-
-ZERO_THRESHOLDS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _predict(config, channels_last, image):
@@ -28,7 +22,7 @@ def test_predictor_in_channels_last_predicts_as_in_nchw(config):
     image = np.random.RandomState(0).randint(0, 256, (128, 160, 3), dtype=np.uint8)
     nchw, nchw_maps = _predict(config, False, image)
     nhwc, nhwc_maps = _predict(config, True, image)
-    assert all(_is_channels_last(m) for m in nhwc_maps) and not any(_is_channels_last(m) for m in nchw_maps)
+    assert all(is_channels_last(m) for m in nhwc_maps) and not any(is_channels_last(m) for m in nchw_maps)
     assert len(nchw) == len(nhwc) > 0
     torch.testing.assert_close(nhwc.scores, nchw.scores, atol=1e-5, rtol=0)
     torch.testing.assert_close(nhwc.pred_boxes.tensor, nchw.pred_boxes.tensor, atol=1e-2, rtol=0)
@@ -44,9 +38,9 @@ def test_trainer_trains_channels_last_and_its_checkpoint_loads_into_nchw(tmp_pat
     trainer.model.backbone.register_forward_hook(lambda m, i, out: maps.append(out["p2"]))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
-    assert len(maps) == 2 and all(_is_channels_last(m) for m in maps)
+    assert len(maps) == 2 and all(is_channels_last(m) for m in maps)
     after = trainer.model.state_dict()
-    assert _is_channels_last(after["backbone.fpn_output2.weight"])
+    assert is_channels_last(after["backbone.fpn_output2.weight"])
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("roi_heads.mask_head."))
     nchw = Trainer.build_model(build_config(config, ["MODEL.DEVICE", "cpu"]))
     Checkpointer(nchw).load(str(tmp_path / "model_final.pth"))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from helpers import CONFIGS, TINY, run
+from helpers import CONFIGS, TINY, ZERO_THRESHOLDS, run
 
 from instseg.engine import build_config
 
@@ -58,8 +58,7 @@ def test_default_predictor_and_demo_pictures(trained, tmp_path):
 
     config, out, _ = trained
     weights = os.path.join(out, "model_final.pth")
-    zero = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
-    cfg = build_config(config, TINY + ["MODEL.WEIGHTS", weights] + zero)
+    cfg = build_config(config, TINY + ["MODEL.WEIGHTS", weights] + ZERO_THRESHOLDS)
     image = read_image("datasets/shapes/val/00000.png", format="BGR")
     instances = DefaultPredictor(cfg)(image)["instances"]
     assert instances.image_size == image.shape[:2]
