@@ -97,9 +97,31 @@ def test_channels_last_is_pooled_in_place_like_nchw(dtype, aligned, sampling_rat
     ref = torchvision.ops.roi_align(x_ref, rois, *args)
     torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=0)
     grad = torch.randn(ref.shape, generator=g, dtype=dtype)
-    out.backward(grad)
+    out.backward(grad.contiguous(memory_format=torch.channels_last))
     ref.backward(grad)
     torch.testing.assert_close(x_cl.grad, x_ref.grad, atol=10 * TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, 0), (False, 2)])
+def test_channels_last_grad_is_summed_in_place_like_nchw(dtype, aligned, sampling_ratio):
+    """CPU: a channels-last output gradient (what a channels-last model sends back) is summed into a
+    channels-last input gradient, equal bit for bit to the NCHW kernel's (the same additions in the
+    same order), also where a box spans the row bands of several threads."""
+    g = torch.Generator().manual_seed(3)
+    rois = torch.cat([random_rois(30, 24 * 4, 36 * 4, 2, dtype, margin=0.2), special_rois(24 * 4, 36 * 4, dtype)])
+    grad = torch.randn(len(rois), 130, 7, 5, generator=g, dtype=dtype)
+    args = (rois, 0.25, 7, 5, 2, 130, 24, 36, sampling_ratio, aligned)
+    nchw = torch.ops.instseg._roi_align_backward(grad, *args)
+    threads = torch.get_num_threads()
+    try:
+        for num_threads in (1, 3):  # 3 threads: bands of 16 of the 2 x 24 rows, so bands split images
+            torch.set_num_threads(num_threads)
+            ours = torch.ops.instseg._roi_align_backward(grad.contiguous(memory_format=torch.channels_last), *args)
+            assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+            assert torch.equal(ours, nchw)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -194,10 +216,14 @@ def test_gradcheck(device, seed, aligned, sampling_ratio, memory_format):
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_opcheck_schema_autograd_fake(memory_format):
-    """Also checks that the fake kernel gives the real one's strides (channels-last in and out)."""
+    """Also checks that the fake kernels give the real ones' strides (channels-last in and out)."""
     x = torch.randn(2, 3, 10, 12).contiguous(memory_format=memory_format).requires_grad_()
     rois = random_rois(5, 10, 12, 2)
     torch.library.opcheck(torch.ops.instseg.roi_align.default, (x, rois, 1.0, 3, 3, 2, True))
+    grad = torch.randn(5, 3, 3, 3).contiguous(memory_format=memory_format)
+    torch.library.opcheck(
+        torch.ops.instseg._roi_align_backward.default, (grad, rois, 1.0, 3, 3, 2, 3, 10, 12, 2, True)
+    )
 
 
 def test_torch_compile_traces_the_op():

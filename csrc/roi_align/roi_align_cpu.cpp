@@ -2,8 +2,9 @@
 // (roi_samples_cpu.h, which pools a plane in two separable passes).
 // Forward runs in parallel over (RoI, channel) pairs, or over (RoI, block of channels) for a
 // channels-last input, which it pools in place into a channels-last output (no copy to NCHW);
-// backward runs in parallel over channels, so that no two threads ever add into the same gradient
-// plane.
+// backward runs in parallel over channels, or over bands of image rows for a channels-last
+// gradient (which it sums into a channels-last input gradient), so that no two threads ever add
+// into the same gradient element.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -104,7 +105,13 @@ at::Tensor roi_align_backward_cpu(
     bool aligned) {
   TORCH_CHECK(grad.is_cpu() && rois.is_cpu(), "roi_align backward: CPU kernel got a non-CPU tensor");
   check_roi_align_backward_args(grad, rois, channels, pooled_height, pooled_width);
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
+  // the gradient of a channels-last output (the input was channels-last) is channels-last too
+  const bool channels_last = is_channels_last(grad);
+  at::Tensor grad_input =
+      at::empty(
+          {batch_size, channels, height, width}, grad.options(),
+          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
+          .zero_();
   if (grad.numel() == 0 || grad_input.numel() == 0) {
     return grad_input;
   }
@@ -119,6 +126,25 @@ at::Tensor roi_align_backward_cpu(
     const int64_t sr = grad.stride(0), sc = grad.stride(1), sh = grad.stride(2), sw = grad.stride(3);
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     const int64_t plane = height * width;
+    if (channels_last) {
+      // work items are bands of image rows (over the batch), each taking every channel: whole
+      // pixels are contiguous, which is what makes this faster than the NCHW planes
+      at::parallel_for(0, batch_size * height, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> rows;
+        for (size_t r = 0; r < samples.size(); ++r) {
+          const RoISamples<scalar_t>& s = samples[r];
+          const int64_t first = s.bins.batch * height;
+          const int64_t row_begin = std::max<int64_t>(begin - first, 0);
+          const int64_t row_end = std::min<int64_t>(end - first, height);
+          if (row_begin < row_end) {
+            backward_roi_channels_last(
+                s, g + r * sr, sh, sw, width, channels, row_begin, row_end, pooled_height,
+                pooled_width, rows, gi + s.bins.batch * plane * channels);
+          }
+        }
+      });
+      return;
+    }
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> rows;
       for (int64_t c = begin; c < end; ++c) {

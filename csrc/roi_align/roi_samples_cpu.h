@@ -6,7 +6,8 @@
 // along y, out of that buffer, in loops over pw that vectorize. When a box spans fewer pixels
 // than it has samples (the blender's 56 x 56 crops), neighbouring samples share rows, which a
 // four-taps-per-sample loop would read again for each of them. Backward runs the two passes
-// transposed. A channels-last image is pooled a RoI at a time, the loops running over channels.
+// transposed. A channels-last image is pooled (and its gradient summed) a RoI at a time, the
+// loops running over channels.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -203,6 +204,65 @@ void backward_plane(
         const AxisSample<T>& x = s.xs[pw * grid_w + ix];
         dst[x.low] += x.w_low * src[pw];
         dst[x.high] += x.w_high * src[pw];
+      }
+    }
+  }
+}
+
+// Adds the gradient of forward_roi_channels_last into the plane rows [row_begin, row_end) of
+// grad_image, the (H, W, C) gradient of the RoI's image: grad_out is this RoI's (PH, PW, C) output
+// gradient, its rows and columns read with the given strides and its channels contiguous. For each
+// element the additions are those of backward_plane, in the same order. `rows` is scratch.
+template <typename T>
+void backward_roi_channels_last(
+    const RoISamples<T>& s,
+    const T* grad_out,
+    int64_t grad_stride_h,
+    int64_t grad_stride_w,
+    int width,
+    int64_t channels,
+    int row_begin,
+    int row_end,
+    int pooled_height,
+    int pooled_width,
+    std::vector<T>& rows,
+    T* grad_image) {
+  const int grid_h = s.bins.grid_h, grid_w = s.bins.grid_w;  // >= 0 (grid_size)
+  if (s.rows.empty() || s.rows.front() >= row_end || s.rows.back() < row_begin) {
+    return;
+  }
+  rows.assign(s.rows.size() * pooled_width * channels, T(0));
+  const T inv_count = T(1) / s.bins.count;
+  for (int ph = 0; ph < pooled_height; ++ph) {
+    for (int iy = 0; iy < grid_h; ++iy) {
+      const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+      const T w_low = y.w_low * inv_count, w_high = y.w_high * inv_count;
+      for (int pw = 0; pw < pooled_width; ++pw) {
+        const T* g = grad_out + ph * grad_stride_h + pw * grad_stride_w;
+        T* low = rows.data() + (static_cast<int64_t>(y.low) * pooled_width + pw) * channels;
+        T* high = rows.data() + (static_cast<int64_t>(y.high) * pooled_width + pw) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          low[c] += w_low * g[c];
+          high[c] += w_high * g[c];
+        }
+      }
+    }
+  }
+  for (size_t j = 0; j < s.rows.size(); ++j) {
+    if (s.rows[j] < row_begin || s.rows[j] >= row_end) {
+      continue;
+    }
+    T* dst = grad_image + static_cast<int64_t>(s.rows[j]) * width * channels;
+    const T* src = rows.data() + j * pooled_width * channels;
+    for (int pw = 0; pw < pooled_width; ++pw, src += channels) {
+      for (int ix = 0; ix < grid_w; ++ix) {
+        const AxisSample<T>& x = s.xs[pw * grid_w + ix];
+        T* low = dst + x.low * channels;
+        T* high = dst + x.high * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          low[c] += x.w_low * src[c];
+          high[c] += x.w_high * src[c];
+        }
       }
     }
   }

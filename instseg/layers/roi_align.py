@@ -19,6 +19,13 @@ from .autocast import boxes_for, register_float32_autocast
 __all__ = ["roi_align", "ROIAlign"]
 
 
+def _cpu_kernel_format(t: Tensor) -> torch.memory_format:
+    """The memory format of the CPU kernels' results: channels-last for a channels-last input (the
+    forward's map, the backward's output gradient), as in roi_align_cpu.cpp; CUDA's are NCHW."""
+    channels_last = t.device.type == "cpu" and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @torch.library.register_fake("instseg::roi_align")
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     torch._check(input.dim() == 4, lambda: f"roi_align: input must be (N, C, H, W), got {input.dim()} dims")
@@ -30,13 +37,9 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
         rois.dtype == input.dtype,
         lambda: f"roi_align: rois must have the input's dtype {input.dtype}, got {rois.dtype}",
     )
-    # the CPU kernel pools a channels-last input into a channels-last output (roi_align_cpu.cpp)
-    channels_last = (
-        input.device.type == "cpu" and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
-    )
     return torch.empty(
         (rois.size(0), input.size(1), pooled_height, pooled_width), dtype=input.dtype, device=input.device,
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        memory_format=_cpu_kernel_format(input),
     )
 
 
@@ -45,7 +48,10 @@ def _roi_align_backward_fake(
     grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
     sampling_ratio, aligned,
 ):
-    return grad.new_empty((batch_size, channels, height, width))
+    return torch.empty(
+        (batch_size, channels, height, width), dtype=grad.dtype, device=grad.device,
+        memory_format=_cpu_kernel_format(grad),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -90,7 +96,8 @@ def roi_align(
 
     Args:
         input: (N, C, H, W) float feature map (any memory format; on CPU a channels-last map is
-            pooled without a copy, into a channels-last result).
+            pooled without a copy, into a channels-last result, whose channels-last gradient gives
+            a channels-last input gradient).
         boxes: (K, 5) rows of (batch_index, x1, y1, x2, y2) in image coordinates, or a list of N
             (K_i, 4) tensors of (x1, y1, x2, y2).
         output_size: (PH, PW), or one int for both.
