@@ -26,6 +26,12 @@ bool is_channels_last(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
 }
 
+// Zeros, channels-last or NCHW. (at::zeros ignores a memory format given in its options.)
+at::Tensor zeros_in_format(at::IntArrayRef sizes, const at::TensorOptions& options, bool channels_last) {
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return at::empty(sizes, options, format).zero_();
+}
+
 at::Tensor roi_align_forward_cpu(
     const at::Tensor& input,
     const at::Tensor& rois,
@@ -42,10 +48,7 @@ at::Tensor roi_align_forward_cpu(
   const int width = input.size(3);
   const bool channels_last = is_channels_last(input);
   at::Tensor output =
-      at::empty(
-          {num_rois, channels, pooled_height, pooled_width}, input.options(),
-          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
-          .zero_();
+      zeros_in_format({num_rois, channels, pooled_height, pooled_width}, input.options(), channels_last);
   if (output.numel() == 0 || height == 0 || width == 0) {
     return output;
   }
@@ -108,10 +111,7 @@ at::Tensor roi_align_backward_cpu(
   // the gradient of a channels-last output (the input was channels-last) is channels-last too
   const bool channels_last = is_channels_last(grad);
   at::Tensor grad_input =
-      at::empty(
-          {batch_size, channels, height, width}, grad.options(),
-          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
-          .zero_();
+      zeros_in_format({batch_size, channels, height, width}, grad.options(), channels_last);
   if (grad.numel() == 0 || grad_input.numel() == 0) {
     return grad_input;
   }
