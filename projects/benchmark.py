@@ -76,6 +76,7 @@ SPEED_MODELS = {
 ACCURACY_MODELS = {
     "Mask R-CNN R18-FPN": "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
     "BlendMask R18": "configs/BlendMask/R_18_shapes.yaml",
+    "BlendMask R18 P2-P6": "configs/BlendMask/R_18_P2_shapes.yaml",
     "CenterMask-Lite V-19": "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml",
     "RefineMask R18-FPN": "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml",
 }
