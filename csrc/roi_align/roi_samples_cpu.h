@@ -231,11 +231,15 @@ void backward_roi_channels_last(
   if (s.rows.empty() || s.rows.front() >= row_end || s.rows.back() < row_begin) {
     return;
   }
+  const auto in_band = [&](int slot) { return s.rows[slot] >= row_begin && s.rows[slot] < row_end; };
   rows.assign(s.rows.size() * pooled_width * channels, T(0));
   const T inv_count = T(1) / s.bins.count;
   for (int ph = 0; ph < pooled_height; ++ph) {
     for (int iy = 0; iy < grid_h; ++iy) {
       const AxisSample<T>& y = s.ys[ph * grid_h + iy];
+      if (!in_band(y.low) && !in_band(y.high)) {
+        continue;  // it adds only to rows another band writes: no need to sum it here too
+      }
       const T w_low = y.w_low * inv_count, w_high = y.w_high * inv_count;
       for (int pw = 0; pw < pooled_width; ++pw) {
         const T* g = grad_out + ph * grad_stride_h + pw * grad_stride_w;
@@ -249,7 +253,7 @@ void backward_roi_channels_last(
     }
   }
   for (size_t j = 0; j < s.rows.size(); ++j) {
-    if (s.rows[j] < row_begin || s.rows[j] >= row_end) {
+    if (!in_band(static_cast<int>(j))) {
       continue;
     }
     T* dst = grad_image + static_cast<int64_t>(s.rows[j]) * width * channels;
