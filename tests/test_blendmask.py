@@ -73,8 +73,9 @@ def test_fused_and_reference_blenders_give_the_same_losses(two_box_batch):
         torch.testing.assert_close(losses["fused"][key], losses["reference"][key], atol=1e-5, rtol=1e-5)
 
 
-def test_small_model_trains_and_predicts_masks(two_box_batch):
-    model = build_model(build_config(SHAPES))
+@pytest.mark.parametrize("config, bases_stride", [(SHAPES, 4), ("configs/BlendMask/R_18_P2_shapes.yaml", 2)])
+def test_small_model_trains_and_predicts_masks(two_box_batch, config, bases_stride):
+    model = build_model(build_config(config))
     model.train()
     with EventStorage():
         losses = model(two_box_batch)
@@ -84,5 +85,7 @@ def test_small_model_trains_and_predicts_masks(two_box_batch):
     model.eval()
     with torch.no_grad():
         (out,) = model(two_box_batch)
+        bases, _ = model.basis_module(model.backbone(model.preprocess_image(two_box_batch).tensor))
+    assert bases.shape[-2:] == (128 // bases_stride, 128 // bases_stride)
     pred = out["instances"]
     assert pred.pred_masks.shape[1:] == (128, 128) and pred.has("scores") and pred.has("pred_classes")
