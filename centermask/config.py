@@ -12,7 +12,8 @@ def add_centermask_config(cfg: CN) -> None:
     # RoI-to-FPN-level rule of the mask pooler: "area" (Mask R-CNN, Eq. 1) or "ratio" (CenterMask's
     # adaptive assignment, Eq. 2)
     cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION = "area"
-    # MaskIoU head: predicts each mask's IoU with its ground truth; test score = score x that IoU
+    # MaskIoU head: predicts each mask's IoU with its ground truth; at test time the detections get
+    # mask_scores = scores x that IoU (centermask2's field; scores stays FCOS's), which mask AP ranks by
     cfg.MODEL.MASKIOU_ON = False
     cfg.MODEL.MASKIOU_LOSS_WEIGHT = 1.0
     cfg.MODEL.ROI_MASKIOU_HEAD = CN()

@@ -1,5 +1,5 @@
 """MaskIoU head (Mask Scoring R-CNN, as used by CenterMask): predicts the IoU of each predicted mask
-with its ground truth, so that at test time a detection's score becomes score x predicted mask IoU.
+with its ground truth; at test time a detection's mask score is its score x its predicted mask IoU.
 
 Parameter names follow centermask2 (``maskiou_fcn1..N``, ``maskiou_fc1``, ``maskiou_fc2``, ``maskiou``).
 Shape legend: M RoIs, C feature channels, S the RoI resolution (14), K classes.
@@ -141,12 +141,15 @@ class MaskIoUHead(nn.Module):
         return {"loss_maskiou": loss * self.loss_weight}
 
     def rescore(self, features: Tensor, instances: List[Instances]) -> None:
-        """Test time: multiply each detection's score by its predicted mask IoU (pred_masks must hold
-        the 2S x 2S mask probabilities of the predicted class)."""
+        """Test time: set each detection's mask_scores to its score x its predicted mask IoU, as
+        centermask2 does (unclamped); scores stays FCOS's box score. pred_masks must hold the
+        2S x 2S mask probabilities of the predicted class."""
         if sum(len(x) for x in instances) == 0:
+            for inst in instances:
+                inst.mask_scores = inst.scores.clone()
             return
         classes = cat([x.pred_classes for x in instances])
         index = torch.arange(len(classes), device=features.device)
         ious = self(features, cat([x.pred_masks for x in instances]))[index, classes]
         for inst, iou in zip(instances, ious.split([len(x) for x in instances])):
-            inst.scores = inst.scores * iou.clamp(0, 1)
+            inst.mask_scores = inst.scores * iou.to(inst.scores.dtype)

@@ -50,8 +50,9 @@ def _add_fcos_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.LOSS_ALPHA = 0.25
     cfg.MODEL.FCOS.LOSS_GAMMA = 2.0
     # detection: score threshold (on class score x centerness when THRESH_WITH_CTR), top-k per level
-    # before NMS, class-aware NMS, top-k per image after NMS; *_TRAIN values make the proposals of
-    # the mask branch during training
+    # before NMS (ranked by class score x centerness), class-aware NMS (none when NMS_TH <= 0), top-k
+    # per image after NMS (ties with the last kept too; <= 0: all); *_TRAIN values make the proposals
+    # of the mask branch during training
     cfg.MODEL.FCOS.THRESH_WITH_CTR = False
     cfg.MODEL.FCOS.INFERENCE_TH_TRAIN = 0.05
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.05
@@ -60,6 +61,10 @@ def _add_fcos_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.NMS_TH = 0.6
     cfg.MODEL.FCOS.POST_NMS_TOPK_TRAIN = 100
     cfg.MODEL.FCOS.POST_NMS_TOPK_TEST = 100
+    # clip the boxes to the image (dropping empty ones) before NMS, so that NMS and the mask branch
+    # see the boxes that are drawn. False as AdelaiDet and centermask2: NMS and the masks use the
+    # unclipped boxes, which detectron2's detector_postprocess clips only at the end.
+    cfg.MODEL.FCOS.CLIP_BEFORE_NMS = False
 
 
 def check_config(cfg: CN) -> None:

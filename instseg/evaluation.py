@@ -4,6 +4,9 @@ Boundary AP is mask AP with Boundary IoU in place of mask IoU: the IoU of the pi
 mask's contour, d = 2% of the image diagonal. It rewards sharp, well-placed boundaries, which mask AP
 on large objects barely sees. It is computed by faster-coco-eval's "boundary" IoU type from the same
 detections as the mask AP.
+
+A model whose detections carry mask_scores (CenterMask's MaskIoU rescoring) is scored as centermask2's
+evaluator scores it: box AP ranks the detections by scores, mask and Boundary AP by mask_scores.
 """
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
@@ -29,7 +32,37 @@ def boundary_ap(gt_dataset: dict, detections: list, img_ids=None, dilation_ratio
 
 class BoundaryCOCOEvaluator(COCOEvaluator):
     """detectron2's COCOEvaluator that also reports the task "boundary" (Boundary AP) whenever it
-    evaluates masks."""
+    evaluates masks, and ranks masks by mask_scores where the detections have them."""
+
+    def process(self, inputs, outputs):
+        start = len(self._predictions)
+        super().process(inputs, outputs)
+        mask_scores = {
+            x["image_id"]: out["instances"].mask_scores.tolist()
+            for x, out in zip(inputs, outputs)
+            if "instances" in out and out["instances"].has("mask_scores")
+        }
+        for prediction in self._predictions[start:]:
+            for result, score in zip(prediction.get("instances", []), mask_scores.get(prediction["image_id"], [])):
+                result["mask_score"] = score  # saved with the results json, beside the box "score"
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        results = [r for p in predictions for r in p.get("instances", [])]
+        tasks = set(self._tasks or self._tasks_from_predictions(results))
+        if "segm" not in tasks or not any("mask_score" in r for r in results):
+            return super()._eval_predictions(predictions, img_ids)
+        # copied before the first pass, which maps the category ids in place
+        by_mask_score = [
+            dict(p, instances=[dict(r, score=r["mask_score"]) for r in p.get("instances", [])]) for p in predictions
+        ]
+        saved = self._tasks, self._output_dir
+        try:
+            self._tasks = tasks - {"segm"}  # box (and keypoint) AP by scores; writes the results json
+            super()._eval_predictions(predictions, img_ids)
+            self._tasks, self._output_dir = {"segm"}, None  # mask and Boundary AP by mask_scores
+            super()._eval_predictions(by_mask_score, img_ids)
+        finally:
+            self._tasks, self._output_dir = saved
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)

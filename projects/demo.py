@@ -36,9 +36,18 @@ def list_images(inputs):
     return paths
 
 
-def draw_predictions(predictor: Predictor, image_bgr, metadata):
+def shown_instances(instances, threshold: float):
+    """The detections a picture shows, each labelled with the score of what is drawn: mask_scores
+    where the model gives them (CenterMask's MaskIoU rescoring), else scores; those below
+    `threshold` are left out, so the threshold applies to the score the user sees."""
+    if instances.has("mask_scores"):
+        instances.scores = instances.mask_scores
+    return instances[instances.scores >= threshold]
+
+
+def draw_predictions(predictor: Predictor, image_bgr, metadata, threshold: float):
     """Predict on one BGR image; returns the RGB picture of the predicted instances."""
-    instances = predictor(image_bgr)["instances"].to("cpu")
+    instances = shown_instances(predictor(image_bgr)["instances"].to("cpu"), threshold)
     visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
     return visualizer.draw_instance_predictions(instances).get_image()
 
@@ -54,11 +63,9 @@ def main():
     args = parser.parse_args()
     setup_logger(name="instseg")
 
-    threshold = str(args.confidence_threshold)  # R-CNN heads and FCOS each have their own key
-    cfg = build_config(
-        args.config_file,
-        list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", threshold, "MODEL.FCOS.INFERENCE_TH_TEST", threshold],
-    )
+    # the R-CNN heads' threshold is on their final score; FCOS's is on the class score before
+    # centerness and MaskIoU, so its detections are filtered by shown_instances instead
+    cfg = build_config(args.config_file, list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.confidence_threshold)])
     predictor = Predictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
@@ -66,7 +73,7 @@ def main():
     if args.max_images:
         paths = paths[: args.max_images]
     for path in paths:
-        picture = draw_predictions(predictor, read_image(path, format="BGR"), metadata)
+        picture = draw_predictions(predictor, read_image(path, format="BGR"), metadata, args.confidence_threshold)
         out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".jpg")
         cv2.imwrite(out, picture[:, :, ::-1])
     print(f"wrote {len(paths)} pictures to {args.output}")

@@ -9,6 +9,8 @@ from detectron2.utils.events import EventStorage
 from instseg.engine import build_config
 from instseg.modeling import semantic_targets
 
+from helpers import fcos_boxes_across_borders
+
 SHAPES = "configs/BlendMask/R_18_shapes.yaml"
 
 
@@ -89,3 +91,27 @@ def test_small_model_trains_and_predicts_masks(two_box_batch, config, bases_stri
     assert bases.shape[-2:] == (128 // bases_stride, 128 // bases_stride)
     pred = out["instances"]
     assert pred.pred_masks.shape[1:] == (128, 128) and pred.has("scores") and pred.has("pred_classes")
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_the_blender_crops_the_boxes_nms_kept(two_box_batch, monkeypatch, clip):
+    """AdelaiDet blends each mask in its unclipped box (MODEL.FCOS.CLIP_BEFORE_NMS False, the
+    default); only detectron2's detector_postprocess clips the boxes. Clipping before NMS blends in
+    the clipped box instead."""
+    model = build_model(build_config(SHAPES, ["MODEL.FCOS.CLIP_BEFORE_NMS", str(clip)])).eval()
+    fcos_boxes_across_borders(model.proposal_generator)
+    blended = []
+    predict = model.blender.predict
+
+    def recording_predict(bases, detections):
+        blended.append(torch.cat([d.pred_boxes.tensor for d in detections]))
+        predict(bases, detections)
+
+    monkeypatch.setattr(model.blender, "predict", recording_predict)
+    with torch.no_grad():
+        (out,) = model(two_box_batch)
+    (boxes,) = blended
+    inside = (boxes >= 0).all(dim=1) & (boxes <= 128).all(dim=1)
+    assert len(boxes) > 0 and bool(inside.all()) == clip
+    drawn = out["instances"].pred_boxes.tensor
+    assert len(drawn) > 0 and bool(((drawn >= 0) & (drawn <= 128)).all())

@@ -10,10 +10,12 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
-from centermask import VOVNET_SPECS, SpatialAttention, VoVNet, maskiou_targets
+from centermask import VOVNET_SPECS, MaskIoUHead, SpatialAttention, VoVNet, maskiou_targets
 from centermask.vovnet import EffectiveSE
 from instseg.engine import build_config
 from instseg.layers import ROIPooler, assign_boxes_by_image_ratio
+
+from helpers import fcos_boxes_across_borders
 
 LITE_SHAPES = "configs/CenterMask/centermask_lite_V_19_eSE_shapes.yaml"
 
@@ -164,3 +166,52 @@ def test_lite_model_trains_and_predicts_masks(two_box_batch):
         (out,) = model(two_box_batch)
     pred = out["instances"]
     assert pred.pred_masks.shape[1:] == (128, 128) and len(pred) <= 50
+
+
+def test_ratio_level_of_a_box_across_the_border():
+    # image 800 x 800, box (-400, 0, 400, 400): area 320000, ratio 2 -> k = ceil(5 - 1) = 4 (index 1);
+    # clipped to (0, 0, 400, 400): ratio 4 -> k = 3 (index 0). centermask2 pools the unclipped box.
+    boxes = Boxes(torch.tensor([[-400.0, 0.0, 400.0, 400.0]]))
+    assert assign_boxes_by_image_ratio([boxes], [(800, 800)], 3, 5).tolist() == [1]
+    boxes.clip((800, 800))
+    assert assign_boxes_by_image_ratio([boxes], [(800, 800)], 3, 5).tolist() == [0]
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_the_mask_pooler_sees_the_boxes_nms_kept(two_box_batch, monkeypatch, clip):
+    """centermask2 pools (and picks the Eq. 2 level of) each detection's unclipped box
+    (MODEL.FCOS.CLIP_BEFORE_NMS False, the default); detector_postprocess clips it at the end."""
+    cfg = build_config(LITE_SHAPES, ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+                                     "MODEL.FCOS.CLIP_BEFORE_NMS", str(clip)])
+    model = build_model(cfg).eval()
+    fcos_boxes_across_borders(model.proposal_generator)
+    pooled = []
+    pooler = model.roi_heads.mask_pooler
+    forward = pooler.forward
+    monkeypatch.setattr(pooler, "forward", lambda x, boxes, sizes: pooled.append(Boxes.cat(boxes).tensor) or forward(x, boxes, sizes))
+    with torch.no_grad():
+        (out,) = model(two_box_batch)
+    (boxes,) = pooled
+    inside = (boxes >= 0).all(dim=1) & (boxes <= 128).all(dim=1)
+    assert len(boxes) > 0 and bool(inside.all()) == clip
+    drawn = out["instances"].pred_boxes.tensor
+    assert len(drawn) > 0 and bool(((drawn >= 0) & (drawn <= 128)).all())
+
+
+def test_maskiou_rescoring_sets_mask_scores_and_keeps_scores():
+    """centermask2: mask_scores = scores x predicted IoU of the predicted class, unclamped; scores
+    stays FCOS's score (box AP ranks by it, mask AP by mask_scores)."""
+    head = MaskIoUHead(in_channels=3, resolution=4, num_classes=2, conv_dim=4, num_conv=1, loss_weight=1.0)
+    with torch.no_grad():
+        head.maskiou.weight.zero_()
+        head.maskiou.bias.copy_(torch.tensor([1.25, -0.5]))  # predicted IoU of class 0 and of class 1
+    inst = Instances((32, 32))
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 20.0, 20.0]]))
+    inst.scores = torch.tensor([0.8, 0.6])
+    inst.pred_classes = torch.tensor([0, 1])
+    inst.pred_masks = torch.rand(2, 1, 8, 8)
+    empty = inst[:0]
+    head.rescore(torch.randn(2, 2, 4, 4), [inst, empty])
+    assert torch.allclose(inst.mask_scores, torch.tensor([0.8 * 1.25, 0.6 * -0.5]))
+    assert inst.scores.tolist() == pytest.approx([0.8, 0.6])
+    assert len(empty.mask_scores) == 0

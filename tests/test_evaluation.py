@@ -39,3 +39,58 @@ def test_boundary_ap_of_a_hand_made_pair():
     assert math.isnan(result["APs"]) and math.isnan(result["APl"])
     perfect = boundary_ap(dataset, [{"image_id": 1, "category_id": 1, "segmentation": _rle(gt), "score": 0.9}])
     assert perfect["AP"] == pytest.approx(100.0)
+
+
+def test_box_ap_ranks_by_scores_and_mask_ap_by_mask_scores(tmp_path):
+    """centermask2's evaluator: with mask_scores, box results are scored by scores and mask results
+    by mask_scores. One object, two detections: D1 has its box but a wrong mask and is first by
+    scores; D2 has its mask but a wrong box and is first by mask_scores. Scored by the right field
+    each AP is 100; by the wrong one the first detection is a false positive and the AP 50."""
+    import json
+
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.structures import Boxes, Instances
+
+    from instseg.evaluation import BoundaryCOCOEvaluator
+
+    gt = np.zeros((100, 100), bool)
+    gt[20:60, 20:60] = True
+    elsewhere = np.zeros((100, 100), bool)
+    elsewhere[70:90, 70:90] = True
+    dataset = {
+        "images": [{"id": 1, "height": 100, "width": 100, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "square"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": _rle(gt), "area": 1600.0,
+                         "bbox": [20, 20, 40, 40], "iscrowd": 0}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    name = f"mask_scores_test_{tmp_path.name}"
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
+    DatasetCatalog.get(name)  # loading it maps the category ids, as a test loader does
+
+    def evaluate(with_mask_scores):
+        det = Instances((100, 100))
+        det.pred_boxes = Boxes(torch.tensor([[20.0, 20.0, 60.0, 60.0], [70.0, 70.0, 90.0, 90.0]]))
+        det.pred_classes = torch.tensor([0, 0])
+        det.pred_masks = torch.from_numpy(np.stack([elsewhere, gt]))
+        det.scores = torch.tensor([0.9, 0.1])
+        if with_mask_scores:
+            det.mask_scores = torch.tensor([0.1, 0.9])
+        evaluator = BoundaryCOCOEvaluator(name, output_dir=str(tmp_path / "out"), use_fast_impl=False)
+        evaluator.reset()
+        evaluator.process([{"image_id": 1}], [{"instances": det}])
+        return evaluator.evaluate()
+
+    results = evaluate(with_mask_scores=True)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["boundary"]["AP"] == pytest.approx(100.0)
+    saved = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert [d["score"] for d in saved] == pytest.approx([0.9, 0.1])
+    assert [d["mask_score"] for d in saved] == pytest.approx([0.1, 0.9])
+    # without mask_scores, masks are ranked by scores: D1's wrong mask comes first
+    results = evaluate(with_mask_scores=False)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(50.0, abs=0.5)

@@ -117,26 +117,105 @@ def test_losses_are_finite_and_trainable():
     assert history[-1] < history[0] * 0.7
 
 
-def test_detect_decodes_thresholds_and_nms():
-    fcos = build_fcos().eval()
-    locations = torch.tensor([[20.0, 20.0], [22.0, 20.0], [100.0, 100.0], [60.0, 60.0]])
-    logits = torch.full((1, 4, 3), -10.0)
-    logits[0, 3, 2] = 5.0  # the best score, but an empty box: dropped
-    logits[0, 0, 1] = 3.0  # class 1 at location 0
-    logits[0, 1, 1] = 2.0  # a near-duplicate of it: suppressed by NMS
-    logits[0, 2, 0] = 1.0  # class 0 elsewhere
-    pred = FCOSPredictions(
-        logits=logits,
-        box_reg=torch.tensor([[[1.0, 1.0, 2.0, 2.0], [1.25, 1.0, 1.75, 2.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]]),
-        ctrness=torch.zeros(1, 4),
-        locations=locations,
-        strides=torch.tensor([8.0, 8.0, 16.0, 8.0]),
-        levels=torch.tensor([0, 0, 1, 0]),
-        ranges=torch.tensor([[-1, 32], [-1, 32], [32, 64], [-1, 32]]),
+def _predictions(locations, logits, box_reg, ctrness, strides, levels):
+    """Hand-made head outputs of one image (sizes ranges are not used by detect)."""
+    return FCOSPredictions(
+        logits=torch.tensor([logits], dtype=torch.float32),
+        box_reg=torch.tensor([box_reg], dtype=torch.float32),
+        ctrness=torch.tensor([ctrness], dtype=torch.float32),
+        locations=torch.tensor(locations, dtype=torch.float32),
+        strides=torch.tensor(strides, dtype=torch.float32),
+        levels=torch.tensor(levels),
+        ranges=torch.zeros(len(locations), 2),
     )
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+def test_detect_decodes_thresholds_and_nms():
+    fcos = build_fcos(CLIP_BEFORE_NMS=True).eval()
+    locations = [[20.0, 20.0], [22.0, 20.0], [100.0, 100.0], [60.0, 60.0]]
+    logits = [[-10.0] * 3 for _ in range(4)]
+    logits[3][2] = 5.0  # the best score, but an empty box: dropped
+    logits[0][1] = 3.0  # class 1 at location 0
+    logits[1][1] = 2.0  # a near-duplicate of it: suppressed by NMS
+    logits[2][0] = 1.0  # class 0 elsewhere
+    box_reg = [[1.0, 1.0, 2.0, 2.0], [1.25, 1.0, 1.75, 2.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]
+    pred = _predictions(locations, logits, box_reg, [0.0] * 4, [8, 8, 16, 8], [0, 0, 1, 0])
     (det,) = fcos.detect(pred, [(128, 128)])
     assert det.pred_classes.tolist() == [1, 0]
     assert torch.allclose(det.pred_boxes.tensor[0], torch.tensor([12.0, 12.0, 36.0, 36.0]))
     assert torch.allclose(det.pred_boxes.tensor[1], torch.tensor([92.0, 92.0, 108.0, 108.0]))
     assert torch.allclose(det.scores[0], torch.sqrt(torch.sigmoid(torch.tensor(3.0)) * 0.5))
     assert not det.has("top_feat")
+    # upstream keeps the empty box through NMS (detector_postprocess drops it after clipping)
+    (upstream,) = build_fcos().eval().detect(pred, [(128, 128)])
+    assert upstream.pred_classes.tolist() == [2, 1, 0]
+    assert upstream.pred_boxes.tensor[0].tolist() == [60.0, 60.0, 60.0, 60.0]
+
+
+def test_pre_nms_topk_ranks_by_class_score_times_centerness():
+    # one level, four far-apart locations of class 0, all above the class-score threshold 0.05;
+    # class scores 0.9 0.8 0.3 0.2, centerness 0.1 0.1 0.9 0.9: products 0.09 0.08 0.27 0.18
+    cls, ctr = [0.9, 0.8, 0.3, 0.2], [0.1, 0.1, 0.9, 0.9]
+    pred = _predictions(
+        [[8.0 + 32 * k, 8.0] for k in range(4)], [[_logit(p)] for p in cls], [[0.5] * 4] * 4,
+        [_logit(c) for c in ctr], [8] * 4, [0] * 4,
+    )
+    fcos = build_fcos(PRE_NMS_TOPK_TEST=2).eval()
+    fcos.num_classes = 1
+    (det,) = fcos.detect(pred, [(64, 256)])
+    # AdelaiDet / centermask2 keep the two best products (locations 2 and 3), not the two best class
+    # scores (0 and 1), though the threshold is on the class score alone (THRESH_WITH_CTR False)
+    assert det.locations[:, 0].tolist() == [72.0, 104.0]
+    assert torch.allclose(det.scores, torch.tensor([0.27, 0.18]).sqrt())
+    # the threshold is on the class score: 0.25 drops location 3 (0.2); of the rest the two best
+    # products are locations 2 (0.27) and 0 (0.09)
+    fcos.score_thresh = {False: 0.25, True: 0.25}
+    (det,) = fcos.detect(pred, [(64, 256)])
+    assert det.locations[:, 0].tolist() == [72.0, 8.0]
+    fcos.thresh_with_ctr = True  # now on the product: 0.27 alone passes 0.25
+    (det,) = fcos.detect(pred, [(64, 256)])
+    assert det.locations[:, 0].tolist() == [72.0]
+
+
+def _two_boxes_across_the_left_border():
+    """Class 0 at two locations of a 100 x 100 image: A = (-60, 0, 40, 100), score sqrt(0.9 * 0.5),
+    and B = (0, 0, 40, 100), score sqrt(0.8 * 0.5). Unclipped their IoU is 4000 / 10000 = 0.4;
+    clipped, A is B and their IoU is 1."""
+    return _predictions(
+        [[20.0, 50.0], [21.0, 50.0]], [[_logit(0.9)], [_logit(0.8)]],
+        [[80.0, 50.0, 20.0, 50.0], [21.0, 50.0, 19.0, 50.0]], [0.0, 0.0], [1, 1], [0, 0],
+    )
+
+
+def test_nms_on_unclipped_boxes_as_upstream():
+    fcos = build_fcos().eval()  # MODEL.FCOS.CLIP_BEFORE_NMS False, as AdelaiDet and centermask2
+    fcos.num_classes = 1
+    (det,) = fcos.detect(_two_boxes_across_the_left_border(), [(100, 100)])
+    assert det.pred_boxes.tensor.tolist() == [[-60.0, 0.0, 40.0, 100.0], [0.0, 0.0, 40.0, 100.0]]
+    fcos.clip_before_nms = True
+    (det,) = fcos.detect(_two_boxes_across_the_left_border(), [(100, 100)])
+    assert det.pred_boxes.tensor.tolist() == [[0.0, 0.0, 40.0, 100.0]]
+    assert torch.allclose(det.scores, torch.tensor([0.45]).sqrt())
+
+
+def test_post_nms_topk_keeps_ties_as_kthvalue():
+    # three far-apart detections scored 0.6, 0.6, 0.5 (class scores with centerness 0.5 each)
+    pred = _predictions(
+        [[8.0 + 32 * k, 8.0] for k in range(3)], [[_logit(0.72)], [_logit(0.72)], [_logit(0.5)]],
+        [[0.5] * 4] * 3, [0.0] * 3, [8] * 3, [0] * 3,
+    )
+    counts = {}
+    for k in (1, 2, 3, 0, -1):
+        fcos = build_fcos(POST_NMS_TOPK_TEST=k).eval()
+        fcos.num_classes = 1
+        counts[k] = len(fcos.detect(pred, [(64, 128)])[0])
+    # top 1 keeps both tied 0.6 (kthvalue threshold); <= 0 keeps all
+    assert counts == {1: 2, 2: 2, 3: 3, 0: 3, -1: 3}
+    fcos = build_fcos(NMS_TH=0.0).eval()  # no NMS at all: overlapping boxes stay
+    fcos.num_classes = 1
+    (det,) = fcos.detect(_two_boxes_across_the_left_border(), [(100, 100)])
+    assert len(det) == 2 and det.scores[0] > det.scores[1]

@@ -101,6 +101,7 @@ class FCOS(nn.Module):
         pre_nms_topk: Dict[bool, int],
         post_nms_topk: Dict[bool, int],
         nms_thresh: float,
+        clip_before_nms: bool = False,
     ):
         """
         Args:
@@ -114,7 +115,10 @@ class FCOS(nn.Module):
             focal_loss_alpha, focal_loss_gamma: classification focal loss.
             thresh_with_ctr: apply the score threshold to class score x centerness (else class score).
             score_thresh, pre_nms_topk, post_nms_topk: keyed by training mode (True/False).
-            nms_thresh: IoU threshold of the class-aware NMS.
+            nms_thresh: IoU threshold of the class-aware NMS (<= 0: no NMS).
+            clip_before_nms: clip the boxes to the image and drop empty ones before NMS, so that NMS
+                and the mask branch see the boxes that are drawn; False as AdelaiDet and centermask2
+                (see `detect`).
         """
         super().__init__()
         self.in_features = in_features
@@ -130,6 +134,7 @@ class FCOS(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.post_nms_topk = post_nms_topk
         self.nms_thresh = nms_thresh
+        self.clip_before_nms = clip_before_nms
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -151,6 +156,7 @@ class FCOS(nn.Module):
             "pre_nms_topk": {True: fcos.PRE_NMS_TOPK_TRAIN, False: fcos.PRE_NMS_TOPK_TEST},
             "post_nms_topk": {True: fcos.POST_NMS_TOPK_TRAIN, False: fcos.POST_NMS_TOPK_TEST},
             "nms_thresh": fcos.NMS_TH,
+            "clip_before_nms": fcos.CLIP_BEFORE_NMS,
         }
 
     def forward(
@@ -255,8 +261,14 @@ class FCOS(nn.Module):
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, positives
 
     def detect(self, pred: FCOSPredictions, image_sizes) -> List[Instances]:
-        """Decode, threshold, keep the top-k per level, drop empty boxes, class-aware NMS, keep the
-        top-k per image.
+        """AdelaiDet's and centermask2's post-processing, per image: keep the locations and classes
+        whose class score (class score x centerness with thresh_with_ctr) passes the threshold; in each
+        level, the pre_nms_topk of them with the highest class score x centerness; decode; class-aware
+        NMS; then the post_nms_topk best and every detection tied with the last of them.
+
+        The boxes are not clipped to the image: NMS and the mask branch see them whole and
+        detectron2's detector_postprocess clips them, as upstream. With clip_before_nms they are
+        clipped, and empty ones dropped, before NMS.
 
         Returns per image Instances with pred_boxes, scores (sqrt(class score x centerness)),
         pred_classes, locations, fpn_levels and, with a top layer, top_feat (D,).
@@ -265,36 +277,48 @@ class FCOS(nn.Module):
         results = []
         for i, image_size in enumerate(image_sizes):
             cls_scores = pred.logits[i].detach().sigmoid()
-            ctr = pred.ctrness[i].detach().sigmoid()
-            candidate_scores = cls_scores * ctr[:, None] if self.thresh_with_ctr else cls_scores
+            ranking = cls_scores * pred.ctrness[i].detach().sigmoid()[:, None]
+            thresholded = ranking if self.thresh_with_ctr else cls_scores
             keep_loc, keep_cls = [], []
             for level in range(len(self.strides)):
                 (idx,) = torch.nonzero(pred.levels == level, as_tuple=True)
-                scores = candidate_scores[idx]
-                loc, cls = torch.nonzero(scores > self.score_thresh[training], as_tuple=True)
-                flat = scores[loc, cls]
-                if len(flat) > self.pre_nms_topk[training]:
-                    flat, top = flat.topk(self.pre_nms_topk[training])
+                loc, cls = torch.nonzero(thresholded[idx] > self.score_thresh[training], as_tuple=True)
+                if len(loc) > self.pre_nms_topk[training]:
+                    top = ranking[idx[loc], cls].topk(self.pre_nms_topk[training]).indices
                     loc, cls = loc[top], cls[top]
                 keep_loc.append(idx[loc])
                 keep_cls.append(cls)
             loc, cls = cat(keep_loc), cat(keep_cls)
-            scores = torch.sqrt(cls_scores[loc, cls] * ctr[loc])
+            scores = torch.sqrt(ranking[loc, cls])
             reg = pred.box_reg[i, loc].detach() * pred.strides[loc, None]
             xy = pred.locations[loc]
             boxes = Boxes(torch.stack([xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2], xy[:, 1] + reg[:, 3]], dim=1))
-            boxes.clip(image_size)
-            nonempty = boxes.nonempty()  # a location may regress (or be clipped to) a degenerate box
-            boxes, scores, cls, loc = boxes[nonempty], scores[nonempty], cls[nonempty], loc[nonempty]
-            xy = xy[nonempty]
-            keep = batched_nms(boxes.tensor, scores, cls, self.nms_thresh)[: self.post_nms_topk[training]]
+            if self.clip_before_nms:
+                boxes.clip(image_size)
+                nonempty = boxes.nonempty()  # a location may regress (or be clipped to) a degenerate box
+                boxes, scores, cls, loc = boxes[nonempty], scores[nonempty], cls[nonempty], loc[nonempty]
+            if self.nms_thresh > 0:
+                keep = batched_nms(boxes.tensor, scores, cls, self.nms_thresh)  # by decreasing score
+            else:
+                keep = scores.argsort(descending=True)
+            keep = keep[: _top_k_with_ties(scores[keep], self.post_nms_topk[training])]
+            loc = loc[keep]
             result = Instances(image_size)
             result.pred_boxes = boxes[keep]
             result.scores = scores[keep]
             result.pred_classes = cls[keep]
-            result.locations = xy[keep]
-            result.fpn_levels = pred.levels[loc][keep]
+            result.locations = pred.locations[loc]
+            result.fpn_levels = pred.levels[loc]
             if pred.top_layer is not None:
-                result.top_feat = pred.top_feats_at(torch.full_like(loc[keep], i), loc[keep])
+                result.top_feat = pred.top_feats_at(torch.full_like(loc, i), loc)
             results.append(result)
         return results
+
+
+def _top_k_with_ties(sorted_scores: Tensor, k: int) -> int:
+    """How many of the leading `sorted_scores` (decreasing) to keep: the k best and every later one
+    tied with the k-th, as AdelaiDet's and centermask2's kthvalue threshold keeps them; all when
+    k <= 0."""
+    if k <= 0 or len(sorted_scores) <= k:
+        return len(sorted_scores)
+    return int((sorted_scores >= sorted_scores[k - 1]).sum())
