@@ -16,12 +16,16 @@ from faster_coco_eval import COCOeval_faster
 BOUNDARY_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
-def boundary_ap(gt_dataset: dict, detections: list, img_ids=None, dilation_ratio: float = 0.02) -> dict:
+def boundary_ap(
+    gt_dataset: dict, detections: list, img_ids=None, dilation_ratio: float = 0.02, max_dets=(1, 10, 100)
+) -> dict:
     """Boundary AP of `detections` (COCO result dicts with RLE "segmentation") against a COCO
-    ground-truth dict; metrics in percent, NaN where no ground truth of that size exists."""
+    ground-truth dict, counting the max_dets[-1] best detections of each image; metrics in percent,
+    NaN where no ground truth of that size exists."""
     gt = FasterCOCO(gt_dataset)
     dt = gt.loadRes([{k: d[k] for k in ("image_id", "category_id", "segmentation", "score")} for d in detections])
     evaluator = COCOeval_faster(gt, dt, iouType="boundary", boundary_dilation_ratio=dilation_ratio, print_function=lambda *a: None)
+    evaluator.params.maxDets = list(max_dets)
     if img_ids is not None:
         evaluator.params.imgIds = list(img_ids)
     evaluator.evaluate()
@@ -71,7 +75,8 @@ class BoundaryCOCOEvaluator(COCOEvaluator):
                 boundary = {m: float("nan") for m in BOUNDARY_METRICS}
             else:
                 boundary = boundary_ap(
-                    self._coco_api.dataset, coco_eval.cocoDt.dataset["annotations"], coco_eval.params.imgIds
+                    self._coco_api.dataset, coco_eval.cocoDt.dataset["annotations"], coco_eval.params.imgIds,
+                    max_dets=self._max_dets_per_image,
                 )
             self._logger.info("Evaluation results for boundary (Boundary AP):\n" + create_small_table(boundary))
             self._results["boundary"] = boundary

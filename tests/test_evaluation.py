@@ -94,3 +94,22 @@ def test_box_ap_ranks_by_scores_and_mask_ap_by_mask_scores(tmp_path):
     results = evaluate(with_mask_scores=False)
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(50.0, abs=0.5)
+
+
+def test_boundary_ap_counts_max_dets_per_image():
+    # one object and two detections: a false positive first, the match second; counting only the
+    # best detection of the image (maxDets 1) finds nothing, counting two finds the match at rank 2
+    gt = np.zeros((100, 100), bool)
+    gt[20:60, 20:60] = True
+    elsewhere = np.zeros((100, 100), bool)
+    elsewhere[70:90, 70:90] = True
+    dataset = {
+        "images": [{"id": 1, "height": 100, "width": 100}],
+        "categories": [{"id": 1, "name": "square"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": _rle(gt), "area": 1600.0,
+                         "bbox": [20, 20, 40, 40], "iscrowd": 0}],
+    }
+    detections = [{"image_id": 1, "category_id": 1, "segmentation": _rle(elsewhere), "score": 0.9},
+                  {"image_id": 1, "category_id": 1, "segmentation": _rle(gt), "score": 0.5}]
+    assert boundary_ap(dataset, detections, max_dets=(1, 1, 1))["AP"] == pytest.approx(0.0)
+    assert boundary_ap(dataset, detections, max_dets=(1, 1, 2))["AP"] == pytest.approx(50.0, abs=0.5)

@@ -203,14 +203,15 @@ def test_nms_on_unclipped_boxes_as_upstream():
 
 
 def test_post_nms_topk_keeps_ties_as_kthvalue():
-    # three far-apart detections scored 0.6, 0.6, 0.5 (class scores with centerness 0.5 each)
+    # three far-apart detections scored 0.6, 0.6, 0.5 (class scores with centerness 0.5 each); in
+    # training (CenterMask's proposals) nothing else bounds them
     pred = _predictions(
         [[8.0 + 32 * k, 8.0] for k in range(3)], [[_logit(0.72)], [_logit(0.72)], [_logit(0.5)]],
         [[0.5] * 4] * 3, [0.0] * 3, [8] * 3, [0] * 3,
     )
     counts = {}
     for k in (1, 2, 3, 0, -1):
-        fcos = build_fcos(POST_NMS_TOPK_TEST=k).eval()
+        fcos = build_fcos(POST_NMS_TOPK_TRAIN=k).train()
         fcos.num_classes = 1
         counts[k] = len(fcos.detect(pred, [(64, 128)])[0])
     # top 1 keeps both tied 0.6 (kthvalue threshold); <= 0 keeps all
@@ -219,3 +220,26 @@ def test_post_nms_topk_keeps_ties_as_kthvalue():
     fcos.num_classes = 1
     (det,) = fcos.detect(_two_boxes_across_the_left_border(), [(100, 100)])
     assert len(det) == 2 and det.scores[0] > det.scores[1]
+
+
+def test_detections_per_image_bounds_the_test_detections():
+    """TEST.DETECTIONS_PER_IMAGE is the one bound of every method's final detections: FCOS keeps at
+    least that many candidates after NMS at test time and never more (ties included)."""
+    pred = _predictions(
+        [[8.0 + 32 * k, 8.0] for k in range(3)], [[_logit(0.72)], [_logit(0.72)], [_logit(0.5)]],
+        [[0.5] * 4] * 3, [0.0] * 3, [8] * 3, [0] * 3,
+    )
+
+    def count(post_nms_topk, detections_per_image, training=False):
+        cfg = get_project_cfg()
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+        cfg.MODEL.FCOS.POST_NMS_TOPK_TEST = post_nms_topk
+        cfg.MODEL.FCOS.POST_NMS_TOPK_TRAIN = post_nms_topk
+        cfg.TEST.DETECTIONS_PER_IMAGE = detections_per_image
+        fcos = FCOS(cfg, {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(3, 8)}).train(training)
+        return len(fcos.detect(pred, [(64, 128)])[0])
+
+    assert count(post_nms_topk=1, detections_per_image=3) == 3  # the candidates follow the bound up
+    assert count(post_nms_topk=3, detections_per_image=1) == 1  # and the bound cuts the tie of 0.6
+    assert count(post_nms_topk=1, detections_per_image=1, training=True) == 2  # training: ties, no bound
+    assert count(post_nms_topk=3, detections_per_image=0) == 3  # <= 0: no bound

@@ -102,6 +102,7 @@ class FCOS(nn.Module):
         post_nms_topk: Dict[bool, int],
         nms_thresh: float,
         clip_before_nms: bool = False,
+        detections_per_image: int = 0,
     ):
         """
         Args:
@@ -114,11 +115,13 @@ class FCOS(nn.Module):
                 in the box).
             focal_loss_alpha, focal_loss_gamma: classification focal loss.
             thresh_with_ctr: apply the score threshold to class score x centerness (else class score).
-            score_thresh, pre_nms_topk, post_nms_topk: keyed by training mode (True/False).
+            score_thresh, pre_nms_topk, post_nms_topk: keyed by training mode (True/False); post-NMS
+                top-k counts the candidates kept after NMS (with ties, as upstream).
             nms_thresh: IoU threshold of the class-aware NMS (<= 0: no NMS).
             clip_before_nms: clip the boxes to the image and drop empty ones before NMS, so that NMS
                 and the mask branch see the boxes that are drawn; False as AdelaiDet and centermask2
                 (see `detect`).
+            detections_per_image: at test time, the most detections an image keeps (<= 0: no bound).
         """
         super().__init__()
         self.in_features = in_features
@@ -135,6 +138,7 @@ class FCOS(nn.Module):
         self.post_nms_topk = post_nms_topk
         self.nms_thresh = nms_thresh
         self.clip_before_nms = clip_before_nms
+        self.detections_per_image = detections_per_image
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -154,9 +158,15 @@ class FCOS(nn.Module):
             "thresh_with_ctr": fcos.THRESH_WITH_CTR,
             "score_thresh": {True: fcos.INFERENCE_TH_TRAIN, False: fcos.INFERENCE_TH_TEST},
             "pre_nms_topk": {True: fcos.PRE_NMS_TOPK_TRAIN, False: fcos.PRE_NMS_TOPK_TEST},
-            "post_nms_topk": {True: fcos.POST_NMS_TOPK_TRAIN, False: fcos.POST_NMS_TOPK_TEST},
+            # at test time at least the detections TEST.DETECTIONS_PER_IMAGE asks for, which bounds the
+            # final detections of every method of this project
+            "post_nms_topk": {
+                True: fcos.POST_NMS_TOPK_TRAIN,
+                False: max(fcos.POST_NMS_TOPK_TEST, cfg.TEST.DETECTIONS_PER_IMAGE),
+            },
             "nms_thresh": fcos.NMS_TH,
             "clip_before_nms": fcos.CLIP_BEFORE_NMS,
+            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
     def forward(
@@ -264,7 +274,8 @@ class FCOS(nn.Module):
         """AdelaiDet's and centermask2's post-processing, per image: keep the locations and classes
         whose class score (class score x centerness with thresh_with_ctr) passes the threshold; in each
         level, the pre_nms_topk of them with the highest class score x centerness; decode; class-aware
-        NMS; then the post_nms_topk best and every detection tied with the last of them.
+        NMS; then the post_nms_topk best and every detection tied with the last of them; at test time
+        at most detections_per_image of those.
 
         The boxes are not clipped to the image: NMS and the mask branch see them whole and
         detectron2's detector_postprocess clips them, as upstream. With clip_before_nms they are
@@ -301,7 +312,10 @@ class FCOS(nn.Module):
                 keep = batched_nms(boxes.tensor, scores, cls, self.nms_thresh)  # by decreasing score
             else:
                 keep = scores.argsort(descending=True)
-            keep = keep[: _top_k_with_ties(scores[keep], self.post_nms_topk[training])]
+            count = _top_k_with_ties(scores[keep], self.post_nms_topk[training])
+            if not training and self.detections_per_image > 0:
+                count = min(count, self.detections_per_image)
+            keep = keep[:count]
             loc = loc[keep]
             result = Instances(image_size)
             result.pred_boxes = boxes[keep]
