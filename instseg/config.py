@@ -67,6 +67,32 @@ def _add_fcos_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.CLIP_BEFORE_NMS = False
 
 
+def check_schedule(cfg: CN) -> None:
+    """Training only: raise a ValueError when the learning-rate schedule cannot play out within
+    SOLVER.MAX_ITER -- a warm-up that is not over before the last iteration (the learning rate
+    would stay a fraction of SOLVER.BASE_LR for the whole run, and the model barely train), or a
+    step at or beyond it (it would never lower the learning rate)."""
+    max_iter = cfg.SOLVER.MAX_ITER
+    problems = []
+    if cfg.SOLVER.WARMUP_ITERS >= max_iter:
+        problems.append(
+            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} is not below SOLVER.MAX_ITER {max_iter}: the "
+            f"learning rate would still be warming up when training ends; set SOLVER.WARMUP_ITERS to a "
+            f"fraction of the run, e.g. {max(max_iter // 10, 0)}"
+        )
+    late = [step for step in cfg.SOLVER.STEPS if step >= max_iter]
+    if late:
+        early = tuple(step for step in cfg.SOLVER.STEPS if step < max_iter)
+        fractions = (int(max_iter * 0.75), int(max_iter * 0.95))
+        problems.append(
+            f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} has {tuple(late)} at or beyond SOLVER.MAX_ITER {max_iter}, "
+            f"where they would never lower the learning rate; set SOLVER.STEPS to iterations below "
+            f"{max_iter}, e.g. \"{tuple(sorted(set(fractions)))}\" (or \"{early}\" to drop them)"
+        )
+    if problems:
+        raise ValueError("the training schedule does not fit in SOLVER.MAX_ITER: " + "; ".join(problems))
+
+
 def check_config(cfg: CN) -> None:
     """Raise a ValueError naming the key when a finished config is inconsistent."""
     if cfg.MODEL.ROI_ALIGN_IMPL not in ROI_ALIGN_IMPLS:

@@ -16,7 +16,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .checkpoint import Checkpointer
-from .config import add_instseg_config, check_config, check_num_classes
+from .config import add_instseg_config, check_config, check_num_classes, check_schedule
 from .data.datasets import load_train_dicts
 from .data.mapper import InstSegDatasetMapper
 from .distributed import check_replicas_identical
@@ -180,6 +180,7 @@ class Trainer(DefaultTrainer):
     without detectron2's compiled ops); SOLVER.AMP.ENABLED also works on a CPU (bfloat16)."""
 
     def __init__(self, cfg: CfgNode):
+        check_schedule(cfg)  # before anything is built: a schedule that cannot train is an error
         cpu_amp = cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu"
         if not cpu_amp:
             super().__init__(cfg)

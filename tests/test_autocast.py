@@ -80,7 +80,7 @@ def test_evaluation_runs_under_test_autocast_and_sees_float32(dtype, monkeypatch
 def test_amp_training_on_cpu_runs_the_forward_in_bfloat16(config, tmp_path, recwarn):
     from instseg.engine import CPUMixedPrecisionTrainer, Trainer
 
-    opts = TINY + ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
+    opts = TINY + ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)",
                    "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
     trainer = Trainer(build_config(config, opts))
     assert isinstance(trainer._trainer, CPUMixedPrecisionTrainer) and trainer.cfg.SOLVER.AMP.ENABLED

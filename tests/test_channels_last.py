@@ -31,7 +31,7 @@ def test_predictor_in_channels_last_predicts_as_in_nchw(config):
 
 def test_trainer_trains_channels_last_and_its_checkpoint_loads_into_nchw(tmp_path):
     config = CONFIGS[3]  # RefineMask: FPN, RPN, box and mask heads and the semantic head
-    opts = TINY + ["MODEL.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
+    opts = TINY + ["MODEL.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)",
                    "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
     trainer = Trainer(build_config(config, opts))
     maps = []

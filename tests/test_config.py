@@ -5,6 +5,7 @@ import os
 import pytest
 from detectron2.modeling import build_model
 
+from instseg.config import check_schedule
 from instseg.data.datasets import register_coco_datasets
 from instseg.engine import build_config
 
@@ -97,3 +98,28 @@ def test_missing_config_file():
 def test_register_coco_checks_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset 'mine': annotation json"):
         register_coco_datasets([("mine", str(tmp_path / "missing.json"), str(tmp_path))])
+
+
+@pytest.mark.parametrize("config", MODEL_ZOO, ids=lambda c: os.path.basename(c))
+def test_every_shipped_schedule_fits_in_its_max_iter(config):
+    check_schedule(build_config(config, ["MODEL.WEIGHTS", ""]))
+
+
+@pytest.mark.parametrize("config", ["BlendMask/R_18_shapes", "CenterMask/centermask_lite_V_19_eSE_shapes"])
+def test_short_run_with_the_configs_warm_up_is_an_error_before_anything_is_built(config, monkeypatch):
+    from instseg.engine import Trainer
+
+    # the case: 150 warm-up iterations, MAX_ITER 100, would never leave ~1e-4
+    monkeypatch.setattr(Trainer, "build_model", classmethod(lambda cls, cfg: pytest.fail("model built")))
+    cfg = build_config(f"configs/{config}.yaml", ["SOLVER.MAX_ITER", "100", "MODEL.DEVICE", "cpu"])
+    message = r"SOLVER.WARMUP_ITERS 150 is not below SOLVER.MAX_ITER 100.*set SOLVER.WARMUP_ITERS"
+    with pytest.raises(ValueError, match=message + r".*SOLVER.STEPS \(320, 380\) has \(320, 380\) at or beyond"):
+        Trainer(cfg)
+
+
+def test_step_at_max_iter_is_an_error_and_a_fitting_schedule_is_not():
+    with pytest.raises(ValueError, match=r"SOLVER.STEPS \(3, 4\) has \(4,\) at or beyond SOLVER.MAX_ITER 4.*\"\(3,\)\" to drop"):
+        check_schedule(build_config(SHAPES, ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3, 4)", "SOLVER.WARMUP_ITERS", "1"]))
+    with pytest.raises(ValueError, match="SOLVER.WARMUP_ITERS 4 is not below SOLVER.MAX_ITER 4"):
+        check_schedule(build_config(SHAPES, ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "4"]))
+    check_schedule(build_config(SHAPES, ["SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(80, 95)", "SOLVER.WARMUP_ITERS", "30"]))
