@@ -5,9 +5,12 @@
   only knows the few numpy types such files contain.
 - Saving writes to a temporary file and renames it into place, so a process killed mid-save never
   leaves a half-written checkpoint (or a ``last_checkpoint`` naming one) for ``--resume``.
+- A checkpoint of the same state as one already saved (``model_final.pth`` after a periodic
+  checkpoint of the last iteration) is a second name of that file, not a second copy.
 """
 import os
 import pickle
+import shutil
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -93,6 +96,27 @@ class Checkpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
         _atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def save_as_link(self, existing: str, name: str) -> None:
+        """Save checkpoint `name` as a second name (a hard link) of the checkpoint file `existing`
+        (a basename in save_dir) and tag it as the last checkpoint. Where the file system has no
+        hard links the file is copied. Each name can be deleted without touching the other."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        tmp = f"{path}.tmp"
+        if os.path.lexists(tmp):  # left by a process killed here
+            os.remove(tmp)
+        self.logger.info(f"Saving checkpoint to {path} (a link to {existing}: the same state)")
+        try:
+            os.link(os.path.join(self.save_dir, existing), tmp)
+        except OSError:
+            shutil.copyfile(os.path.join(self.save_dir, existing), tmp)
+        os.replace(tmp, path)
+        if os.path.lexists(tmp):  # rename() does nothing when both names were already one file
+            os.remove(tmp)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

@@ -23,6 +23,9 @@ def add_instseg_config(cfg: CN) -> None:
     # RoIAlign pools the maps in place. Same results up to float rounding; on a CPU every method
     # predicts 1.2x-1.5x faster so (README, Benchmarks).
     cfg.MODEL.CHANNELS_LAST = False
+    # Training keeps the last this many periodic checkpoints (model_<iteration>.pth) of its run and
+    # deletes the older ones; 0 keeps all. model_final.pth is not counted.
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2
     _add_fcos_config(cfg)
 
 

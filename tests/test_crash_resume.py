@@ -35,3 +35,8 @@ def test_sigkill_mid_training_then_resume(tmp_path):
     assert final["iteration"] == 13
     assert "copypaste: Task: segm" in log
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    # SOLVER.CHECKPOINTS_TO_KEEP 2 (the default), counting those from before the kill; the final
+    # checkpoint is the last periodic one under a second name
+    periodic = sorted(f for f in os.listdir(tmp_path) if f.startswith("model_0"))
+    assert periodic == ["model_0000011.pth", "model_0000013.pth"]
+    assert os.path.samefile(tmp_path / "model_final.pth", tmp_path / "model_0000013.pth")
