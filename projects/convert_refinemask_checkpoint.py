@@ -1,6 +1,7 @@
 """Convert an official RefineMask checkpoint (mmdetection, zhanggang001/RefineMask) to this project's
 Detectron2 model-zoo format ({"model": state_dict}), to load with
-configs/RefineMask/refinemask_R_50_FPN_1x_mmdet.yaml (R-50; set RESNETS.DEPTH for R-101).
+configs/RefineMask/refinemask_R_50_FPN_1x_mmdet.yaml (R-50; set RESNETS.DEPTH for R-101), or, for the
+faster-better variant (SimpleRefineMaskHead), with refinemask_faster_better_R_50_FPN_1x_mmdet.yaml.
 
     python projects/convert_refinemask_checkpoint.py r50-refinemask-1x.pth refinemask_R_50_1x.pth
 
@@ -25,8 +26,13 @@ and lose ``num_batches_tracked``, which detectron2's FrozenBN does not keep):
 | roi_head.mask_head.stages.{i}.fuse_conv.1.merge_conv.conv | roi_heads.mask_head.stages.{i}.merge                 |
 | roi_head.mask_head.stages.{i}.{semantic_transform_in, semantic_transform_out, instance_logits, fuse_transform_out} | roi_heads.mask_head.stages.{i}.(same) |
 | roi_head.mask_head.final_instance_logits                | roi_heads.mask_head.final_instance_logits              |
+| roi_head.mask_head.stage_instance_logits.{j} (faster-better) | roi_heads.mask_head.stages.{j}.instance_logits; the last j: roi_heads.mask_head.final_instance_logits |
 
-Both heads put the background class last (mmdetection 2.x, detectron2), box deltas use the same
+The faster-better head (SimpleRefineMaskHead) keeps every stage's classifier in stage_instance_logits
+(the last one being the final mask's), has no semantic_logits and no semantic_transform_out; its other
+names are those above.
+
+Both box heads put the background class last (mmdetection 2.x, detectron2), box deltas use the same
 (dx, dy, dw, dh) parameterisation with weights 10/10/5/5 (mmdetection's stds 0.1/0.1/0.2/0.2), and
 RPN anchors are ordered by aspect ratio in both, so the tensors copy unchanged.
 """
@@ -67,11 +73,28 @@ OFFICIAL_TO_OURS: List[Rule] = [
 ]
 
 
-def convert(state_dict: Dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """Official state dict -> ours. Unknown keys are an error naming them (nothing is dropped silently
-    but the ResNet norms' num_batches_tracked counters)."""
-    out, unknown = OrderedDict(), []
+STAGE_LOGITS = re.compile(r"roi_head\.mask_head\.stage_instance_logits\.(\d+)\.(\w+)")
+
+
+def _stage_logits_as_refine_head(state_dict: Dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """SimpleRefineMaskHead's stage_instance_logits.{j} renamed as RefineMaskHead's classifiers: those
+    of the stages (stages.{j}.instance_logits) and, the last j, final_instance_logits."""
+    last = max((int(m[1]) for m in map(STAGE_LOGITS.fullmatch, state_dict) if m), default=None)
+    out = OrderedDict()
     for key, value in state_dict.items():
+        m = STAGE_LOGITS.fullmatch(key)
+        if m:
+            module = "final_instance_logits" if int(m[1]) == last else f"stages.{m[1]}.instance_logits"
+            key = f"roi_head.mask_head.{module}.{m[2]}"
+        out[key] = value
+    return out
+
+
+def convert(state_dict: Dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Official state dict (of either head) -> ours. Unknown keys are an error naming them (nothing is
+    dropped silently but the ResNet norms' num_batches_tracked counters)."""
+    out, unknown = OrderedDict(), []
+    for key, value in _stage_logits_as_refine_head(state_dict).items():
         if key.startswith("backbone.") and key.endswith("num_batches_tracked"):
             continue
         for pattern, rename in OFFICIAL_TO_OURS:

@@ -1,11 +1,12 @@
 """RefineMask (Zhang et al., CVPR 2021) on detectron2: a semantic head on P2, a mask head refined in
-stages from 14 x 14 to 112 x 112 by the semantic fusion module, and boundary-aware refinement.
+stages from 14 x 14 to 112 x 112 by the semantic fusion module, and boundary-aware refinement; also
+the official code's faster-better variant of the head (SimpleRefineMaskHead).
 
 Importing this package registers RefineROIHeads (on top of Mask R-CNN's box branch).
 """
 from .boundary import boundary_region, merge_stage
 from .config import add_refinemask_config
-from .mask_head import RefineMaskHead, SFMStage
+from .mask_head import RefineMaskHead, SFMStage, SimpleRefineMaskHead, SimpleSFMStage
 from .roi_heads import RefineROIHeads
 from .semantic_head import SemanticHead
 
@@ -14,6 +15,8 @@ __all__ = [
     "RefineROIHeads",
     "SFMStage",
     "SemanticHead",
+    "SimpleRefineMaskHead",
+    "SimpleSFMStage",
     "add_refinemask_config",
     "boundary_region",
     "merge_stage",

@@ -1,11 +1,12 @@
 """RefineMask's mask head: a coarse 14 x 14 instance mask refined in stages to 28, 56 and 112 by the
-semantic fusion module (SFM), and its boundary-aware loss.
+semantic fusion module (SFM), and its boundary-aware loss. Two variants (MODEL.REFINEMASK.HEAD):
+RefineMaskHead, the paper's, and SimpleRefineMaskHead, the official code's "faster-better" one.
 
 Shape legend: M RoIs, N images, C channels of a stage (256, 128, 64), S its size (14, 28, 56),
 K classes (1 for a class-agnostic stage). Module names follow the official code where a converter
 needs them (projects/convert_refinemask_checkpoint.py).
 """
-from typing import List
+from typing import List, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -62,7 +63,46 @@ def _class_logits(classifier: nn.Conv2d, x: Tensor, labels: Tensor) -> Tensor:
     return torch.einsum("mchw,mc->mhw", x, weight) + classifier.bias[k][:, None, None]
 
 
-class SFMStage(nn.Module):
+class _FusionStage(nn.Module):
+    """What both SFM stages share: the whole-image semantic transform, the stage's classifier and the
+    fusion of the instance features with the RoI crops of the semantic features and of the masks
+    (1x1 reduce, parallel dilated 3x3 convs summed, 1x1 merge, 1x1 to C/2 channels less the masks,
+    which are passed on with them). Subclasses build the modules in their order (it sets the random
+    initialisation at a SEED) and call _init_weights."""
+
+    def _add_fusion(self, channels: int, num_masks: int, dilations: List[int]) -> None:
+        self.reduce = nn.Conv2d(2 * channels + num_masks, channels, 1)
+        self.dilated_convs = nn.ModuleList(
+            Conv2d(channels, channels, 3, padding=d, dilation=d, activation=nn.ReLU(inplace=True)) for d in dilations
+        )
+        self.merge = nn.Conv2d(channels, channels, 1)
+        self.fuse_transform_out = nn.Conv2d(channels, channels // 2 - num_masks, 1)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                weight_init.c2_msra_fill(m)
+        _init_predictor(self.instance_logits)
+
+    def transform_semantic(self, semantic_feat: Tensor) -> Tensor:
+        """The stage's whole-image part: (N, D, H, W) semantic features (at semantic_stride, 4 on P2) ->
+        (N, C, H, W), computed once for all RoIs, in the features' memory format: channels-last from
+        the semantic head, which our CPU RoIAlign pools without a copy to NCHW."""
+        return F.relu_(self.semantic_transform_in(semantic_feat))
+
+    def _branches(self, y: Tensor) -> Tensor:
+        """(M, C, S, S) reduced features -> the sum of the dilated branches, (M, C, S, S)."""
+        return sum(conv(y) for conv in self.dilated_convs)
+
+    def _fuse(self, x: Tensor, sem: Tensor, masks: Tensor) -> Tensor:
+        """x (M, C, S, S), sem (M, C, S, S), masks (M, num_masks, S, S) -> (M, C/2, S, S)."""
+        y = F.relu_(self.reduce(cat([x, sem, masks], dim=1)))
+        y = F.relu_(self.merge(self._branches(y)))
+        y = F.relu_(self.fuse_transform_out(y))
+        return cat([y, masks], dim=1)
+
+
+class SFMStage(_FusionStage):
     """One refinement stage at size S: predicts this stage's mask, fuses the instance features with
     RoI crops of the semantic features and foreground mask (1x1 reduce, three parallel dilated 3x3
     convs, 1x1 merge) and halves the channels; the head upsamples them 2x for the next stage."""
@@ -75,23 +115,8 @@ class SFMStage(nn.Module):
         self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
         self.semantic_transform_out = nn.Conv2d(channels, channels, 1)
         self.instance_logits = nn.Conv2d(channels, num_classes, 1)
-        self.reduce = nn.Conv2d(2 * channels + 2, channels, 1)
-        self.dilated_convs = nn.ModuleList(
-            Conv2d(channels, channels, 3, padding=d, dilation=d, activation=nn.ReLU(inplace=True)) for d in dilations
-        )
-        self.merge = nn.Conv2d(channels, channels, 1)
-        self.fuse_transform_out = nn.Conv2d(channels, channels // 2 - 2, 1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                weight_init.c2_msra_fill(m)
-        _init_predictor(self.instance_logits)
-
-    def transform_semantic(self, semantic_feat: Tensor) -> Tensor:
-        """The stage's whole-image part: (N, D, H, W) semantic features (at semantic_stride, 4 on P2) ->
-        (N, C, H, W), computed once for all RoIs, in the features' memory format: channels-last from
-        the semantic head, which our CPU RoIAlign pools without a copy to NCHW (at R50 sizes the copy
-        of the first stage's 256 x 200 x 304 map alone took about 70 ms)."""
-        return F.relu_(self.semantic_transform_in(semantic_feat))
+        self._add_fusion(channels, 2, dilations)  # masks: the stage's own and the foreground
+        self._init_weights()
 
     def forward(self, x: Tensor, semantic_map: Tensor, foreground: Tensor, boxes: List[Boxes], labels: Tensor):
         """
@@ -110,13 +135,55 @@ class SFMStage(nn.Module):
         sem = F.relu_(self.semantic_transform_out(_channels_last(sem)))
         sem_mask = self.pooler([foreground], boxes)
         masks = _channels_last(torch.stack([logits.sigmoid(), sem_mask[:, 0]], dim=1))
-        y = F.relu_(self.reduce(cat([x, sem, masks], dim=1)))
-        y = F.relu_(self.merge(sum(conv(y) for conv in self.dilated_convs)))
-        y = F.relu_(self.fuse_transform_out(y))
-        return logits, cat([y, masks], dim=1)
+        return logits, self._fuse(x, sem, masks)
+
+
+class SimpleSFMStage(_FusionStage):
+    """The faster-better variant's stage (official SimpleSFMStage with fusion_type
+    "MultiBranchFusionAvg"): no foreground mask and no transform of the semantic crop, one bilinear
+    sample per bin for that crop, and the global average of the reduced features added to the
+    dilated branches.
+
+    The official code crops with mmcv's SimpleRoIAlign (grid_sample at the bin centres, zero outside
+    the map); RoIAlign with one sample per bin takes the same samples but clamps those within half a
+    pixel outside the map to its edge, so crops of RoIs at the map's border differ slightly."""
+
+    def __init__(
+        self, channels: int, semantic_channels: int, semantic_stride: int, size: int, num_classes: int, dilations, roi_align_impl: str
+    ):
+        super().__init__()
+        self.pooler = ROIPooler(size, (1.0 / semantic_stride,), 1, "ROIAlignV2", roi_align_impl=roi_align_impl)
+        self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
+        self.instance_logits = nn.Conv2d(channels, num_classes, 1)
+        self._add_fusion(channels, 1, dilations)  # mask: the stage's own
+        self._init_weights()
+
+    def _branches(self, y: Tensor) -> Tensor:
+        return super()._branches(y) + y.mean(dim=(2, 3), keepdim=True)
+
+    def forward(self, x: Tensor, semantic_map: Tensor, boxes: List[Boxes], labels: Tensor):
+        """
+        Args:
+            x: (M, C, S, S) instance features.
+            semantic_map: (N, C, H, W) transform_semantic's output.
+            boxes: per image, the RoIs; labels: (M,) their classes.
+
+        Returns:
+            this stage's mask logits (M, S, S) and the next stage's features before upsampling (M, C/2, S, S).
+        """
+        logits = _class_logits(self.instance_logits, x, labels)
+        sem = _channels_last(self.pooler([semantic_map], boxes))
+        masks = _channels_last(logits.sigmoid()[:, None])
+        return logits, self._fuse(x, sem, masks)
 
 
 class RefineMaskHead(nn.Module):
+    """The paper's head (official RefineMaskHead): SFM stages fed by the semantic features and the
+    semantic head's foreground mask."""
+
+    stage_class = SFMStage
+    uses_foreground = True  # whether the semantic head predicts a foreground mask for the stages
+
     @configurable
     def __init__(
         self,
@@ -151,7 +218,7 @@ class RefineMaskHead(nn.Module):
         self.stages = nn.ModuleList()
         for size in stage_sizes[:-1]:
             self.stages.append(
-                SFMStage(channels, semantic_channels, semantic_stride, size, num_classes, dilations, roi_align_impl)
+                self.stage_class(channels, semantic_channels, semantic_stride, size, num_classes, dilations, roi_align_impl)
             )
             channels //= 2
         self.final_instance_logits = nn.Conv2d(channels, 1 if class_agnostic_last_stage else num_classes, 1)
@@ -197,30 +264,43 @@ class RefineMaskHead(nn.Module):
         Returns:
             per stage, (M, S, S) mask logits: sizes 14, 28, 56, 112.
         """
-        semantic_maps = [stage.transform_semantic(semantic_feat) for stage in self.stages]
         foreground = semantic_logits.sigmoid()
+        stage_maps = [(stage.transform_semantic(semantic_feat), foreground) for stage in self.stages]
+        return self._in_chunks(x, stage_maps, boxes, labels)
+
+    def _in_chunks(
+        self, x: Tensor, stage_maps: List[Tuple[Tensor, ...]], boxes: List[Boxes], labels: Tensor
+    ) -> List[Tensor]:
+        """forward's stages run on chunks of RoIs. stage_maps: per stage, the whole-image maps that its
+        forward takes after the instance features."""
         per_chunk = [
-            self._refine(x[start:end], semantic_maps, foreground, chunk_boxes, labels[start:end])
+            self._refine(x[start:end], stage_maps, chunk_boxes, labels[start:end])
             for start, end, chunk_boxes in _roi_chunks(boxes, ROIS_PER_CHUNK)
         ]
         return [cat(logits) for logits in zip(*per_chunk)]
 
-    def _refine(self, x: Tensor, semantic_maps: List[Tensor], foreground: Tensor, boxes: List[Boxes], labels: Tensor) -> List[Tensor]:
-        """forward for one chunk of RoIs, given the stages' whole-image semantic maps."""
+    def _refine(self, x: Tensor, stage_maps: List[Tuple[Tensor, ...]], boxes: List[Boxes], labels: Tensor) -> List[Tensor]:
+        """forward for one chunk of RoIs, given the stages' whole-image maps."""
         x = _channels_last(x)
         for conv in self.instance_convs:
             x = conv(x)
         stage_logits = []
-        for i, (stage, semantic_map) in enumerate(zip(self.stages, semantic_maps)):
+        for i, (stage, maps) in enumerate(zip(self.stages, stage_maps)):
             if i > 0:
                 x = bilinear2x(x)
-            logits, x = stage(x, semantic_map, foreground, boxes, labels)
+            logits, x = stage(x, *maps, boxes, labels)
             stage_logits.append(logits)
-        # The last 1x1 classifier commutes with the bilinear 2x upsampling (both are linear and the
-        # interpolation weights sum to 1): classify at S and upsample one channel, not C/2 of them.
         last = _class_logits(self.final_instance_logits, x, labels)
-        stage_logits.append(bilinear2x(last[:, None])[:, 0])
+        stage_logits.append(self._upsample_last(last))
         return stage_logits
+
+    @staticmethod
+    def _upsample_last(logits: Tensor) -> Tensor:
+        """(M, S, S) -> (M, 2S, 2S): the last mask, classified from the last stage's features at S.
+        The official head upsamples the features, then classifies; the 1x1 classifier commutes with the
+        bilinear 2x upsampling (both are linear and the interpolation weights sum to 1), so upsampling
+        one channel instead of C/2 gives the same logits."""
+        return bilinear2x(logits[:, None])[:, 0]
 
     def losses(self, stage_logits: List[Tensor], instances: List[Instances]) -> Tensor:
         """Boundary-aware loss: stages up to start_stage are trained on the whole RoI; a later stage
@@ -256,3 +336,38 @@ class RefineMaskHead(nn.Module):
         for logits in stage_logits[2:]:
             merged = merge_stage(merged, logits, self.inference_boundary_width)
         return merged.sigmoid()[:, None]
+
+
+class SimpleRefineMaskHead(RefineMaskHead):
+    """The official code's "faster-better" head (SimpleRefineMaskHead,
+    configs/refinemask/coco/r50-refinemask-1x-faster-better.py): SimpleSFMStage stages fed by the
+    semantic features alone, so the semantic head has no foreground classifier and no loss. The
+    losses (the official BARCrossEntropyLoss: RefineCrossEntropyLoss without its semantic term) and
+    the inference (boundary-aware merging of the stages from 28 on) are RefineMaskHead's."""
+
+    stage_class = SimpleSFMStage
+    uses_foreground = False
+
+    def forward(self, x: Tensor, semantic_feat: Tensor, boxes: List[Boxes], labels: Tensor) -> List[Tensor]:
+        """
+        Args:
+            x: (M, C_in, 14, 14) RoI features.
+            semantic_feat: (N, D, H, W) the semantic head's features.
+            boxes: per image, the RoIs; labels: (M,) their classes (ground truth in training,
+                predicted at test time).
+
+        Returns:
+            per stage, (M, S, S) mask logits: sizes 14, 28, 56, 112.
+        """
+        stage_maps = [(stage.transform_semantic(semantic_feat),) for stage in self.stages]
+        return self._in_chunks(x, stage_maps, boxes, labels)
+
+    @staticmethod
+    def _upsample_last(logits: Tensor) -> Tensor:
+        """(M, S, S) -> (M, 2S, 2S): as the official head (pre_upsample_last_stage False), the last
+        mask is classified at S and its logits upsampled with align_corners=True."""
+        return F.interpolate(logits[:, None], scale_factor=2, mode="bilinear", align_corners=True)[:, 0]
+
+
+# MODEL.REFINEMASK.HEAD -> the head class
+MASK_HEADS = {cls.__name__: cls for cls in (RefineMaskHead, SimpleRefineMaskHead)}

@@ -1,9 +1,10 @@
 """RefineMask's semantic head: convs on P2 and a binary foreground classifier. Its feature map and
-foreground mask are the fine-grained inputs of every refinement stage.
+foreground mask are the fine-grained inputs of every refinement stage (the faster-better variant,
+SimpleRefineMaskHead, takes the feature map only: its semantic head has no classifier).
 
 Shape legend: N images, C in channels, D = CONV_DIM, H x W the P2 map.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -19,12 +20,22 @@ from instseg.modeling import feature_shapes, semantic_targets
 class SemanticHead(nn.Module):
     @configurable
     def __init__(
-        self, *, in_feature: str, in_shape: ShapeSpec, conv_dim: int, num_convs: int, num_classes: int, loss_weight: float
+        self,
+        *,
+        in_feature: str,
+        in_shape: ShapeSpec,
+        conv_dim: int,
+        num_convs: int,
+        predict_foreground: bool,
+        num_classes: int,
+        loss_weight: float,
     ):
         """
         Args:
             in_feature, in_shape: the feature map it runs on (P2) and its shape.
             conv_dim, num_convs: width and number of the 3x3 convs.
+            predict_foreground: whether it has the foreground classifier (and loss), as the mask head
+                needs (RefineMaskHead.uses_foreground).
             num_classes: classes of the dataset (the targets are their union).
             loss_weight: weight of the foreground loss.
         """
@@ -35,15 +46,16 @@ class SemanticHead(nn.Module):
             Conv2d(in_shape.channels if i == 0 else conv_dim, conv_dim, 3, padding=1, activation=nn.ReLU(inplace=True))
             for i in range(num_convs)
         )
-        self.logits = nn.Conv2d(conv_dim, 1, 1)
+        self.logits = nn.Conv2d(conv_dim, 1, 1) if predict_foreground else None
         for conv in self.convs:
             weight_init.c2_msra_fill(conv)
-        nn.init.normal_(self.logits.weight, std=0.001)  # start at probability 0.5
-        nn.init.constant_(self.logits.bias, 0)
+        if self.logits is not None:
+            nn.init.normal_(self.logits.weight, std=0.001)  # start at probability 0.5
+            nn.init.constant_(self.logits.bias, 0)
         self.loss_weight = loss_weight
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
+    def from_config(cls, cfg, input_shape, predict_foreground: bool):
         rm = cfg.MODEL.REFINEMASK
         (in_shape,) = feature_shapes(input_shape, [rm.SEMANTIC_IN_FEATURE], "MODEL.REFINEMASK.SEMANTIC_IN_FEATURE")
         return {
@@ -51,18 +63,20 @@ class SemanticHead(nn.Module):
             "in_shape": in_shape,
             "conv_dim": rm.CONV_DIM,
             "num_convs": rm.NUM_SEMANTIC_CONVS,
+            "predict_foreground": predict_foreground,
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "loss_weight": rm.SEMANTIC_LOSS_WEIGHT,
         }
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """(N, C, H, W) -> features (N, D, H, W) and foreground logits (N, 1, H, W), channels-last."""
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(N, C, H, W) -> features (N, D, H, W) and foreground logits (N, 1, H, W), channels-last; the
+        logits are None without the foreground classifier."""
         # mkldnn runs this chain of large-map convs about 1.4x faster channels-last than on NCHW maps
         # (CPU, 2 threads, 256 x 200 x 304), which it reorders before and after each conv
         x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
             x = conv(x)
-        return x, self.logits(x)
+        return x, (self.logits(x) if self.logits is not None else None)
 
     def loss(self, logits: Tensor, gt_instances: List[Instances], image_size: Tuple[int, int]) -> Tensor:
         """BCE against the image's foreground (the union of its instance masks), sampled at the

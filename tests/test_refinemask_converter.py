@@ -1,5 +1,6 @@
 """projects/convert_refinemask_checkpoint.py: a synthetic state dict with the official RefineMask
-(mmdetection) key names and shapes converts into one that loads into our R-50 model exactly."""
+(mmdetection) key names and shapes, of either head (RefineMaskHead, the faster-better
+SimpleRefineMaskHead), converts into one that loads into our R-50 model exactly."""
 import importlib.util
 
 import pytest
@@ -13,8 +14,9 @@ convert_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(convert_module)
 
 
-def official_r50_state_dict(num_classes=80):
-    """Key names and shapes of the official r50-refinemask-1x checkpoint."""
+def official_r50_state_dict(num_classes=80, head="RefineMaskHead"):
+    """Key names and shapes of the official r50-refinemask-1x checkpoint, or with head
+    "SimpleRefineMaskHead" of one trained with r50-refinemask-1x-faster-better.py."""
     sd = {"backbone.conv1.weight": (64, 3, 7, 7)}
     sd.update({f"backbone.bn1.{p}": (64,) for p in ("weight", "bias", "running_mean", "running_var")})
     sd["backbone.bn1.num_batches_tracked"] = ()
@@ -44,7 +46,14 @@ def official_r50_state_dict(num_classes=80):
         sd.update({f"{mh}.instance_convs.{i}.conv.weight": (256, 256, 3, 3), f"{mh}.instance_convs.{i}.conv.bias": (256,)})
     for i in range(4):
         sd.update({f"{mh}.semantic_convs.{i}.conv.weight": (256, 256, 3, 3), f"{mh}.semantic_convs.{i}.conv.bias": (256,)})
-    sd.update({f"{mh}.semantic_logits.weight": (1, 256, 1, 1), f"{mh}.semantic_logits.bias": (1,)})
+    sd.update((_official_simple_head if head == "SimpleRefineMaskHead" else _official_refine_head)(mh, num_classes))
+    g = torch.Generator().manual_seed(0)
+    return {k: (torch.randn(shape, generator=g) if shape else torch.tensor(5)) for k, shape in sd.items()}
+
+
+def _official_refine_head(mh, num_classes):
+    """RefineMaskHead's keys but its instance and semantic convs."""
+    sd = {f"{mh}.semantic_logits.weight": (1, 256, 1, 1), f"{mh}.semantic_logits.bias": (1,)}
     for i, c in enumerate([256, 128, 64]):
         s = f"{mh}.stages.{i}"
         layers = {
@@ -57,8 +66,27 @@ def official_r50_state_dict(num_classes=80):
         for name, shape in layers.items():
             sd.update({f"{s}.{name}.weight": shape, f"{s}.{name}.bias": shape[:1]})
     sd.update({f"{mh}.final_instance_logits.weight": (num_classes, 32, 1, 1), f"{mh}.final_instance_logits.bias": (num_classes,)})
-    g = torch.Generator().manual_seed(0)
-    return {k: (torch.randn(shape, generator=g) if shape else torch.tensor(5)) for k, shape in sd.items()}
+    return sd
+
+
+def _official_simple_head(mh, num_classes):
+    """SimpleRefineMaskHead's keys but its instance and semantic convs (RefineMaskHead's): per
+    SimpleSFMStage semantic_transform_in, fuse_conv (a 1x1 conv on 2C + 1 channels, then
+    MultiBranchFusionAvg's ConvModules) and fuse_transform_out (C/2 - 1 outputs); the classifiers in
+    stage_instance_logits, stage_num_classes [K, K, K, 1]. No semantic_logits, no semantic_transform_out."""
+    sd = {}
+    for i, c in enumerate([256, 128, 64]):
+        layers = {
+            "semantic_transform_in": (c, 256, 1, 1), "fuse_conv.0": (c, 2 * c + 1, 1, 1),
+            "fuse_conv.1.dilation_conv_1.conv": (c, c, 3, 3), "fuse_conv.1.dilation_conv_2.conv": (c, c, 3, 3),
+            "fuse_conv.1.dilation_conv_3.conv": (c, c, 3, 3), "fuse_conv.1.merge_conv.conv": (c, c, 1, 1),
+            "fuse_transform_out": (c // 2 - 1, c, 1, 1),
+        }
+        for name, shape in layers.items():
+            sd.update({f"{mh}.stages.{i}.{name}.weight": shape, f"{mh}.stages.{i}.{name}.bias": shape[:1]})
+    for j, (k, c) in enumerate(zip([num_classes] * 3 + [1], [256, 128, 64, 32])):
+        sd.update({f"{mh}.stage_instance_logits.{j}.weight": (k, c, 1, 1), f"{mh}.stage_instance_logits.{j}.bias": (k,)})
+    return sd
 
 
 def test_official_checkpoint_loads_exactly():
@@ -75,6 +103,29 @@ def test_official_checkpoint_loads_exactly():
                        official["roi_head.mask_head.stages.1.fuse_conv.1.dilation_conv_3.conv.weight"])
     assert torch.equal(loaded["backbone.bottom_up.res3.0.shortcut.norm.running_var"],
                        official["backbone.layer2.0.downsample.1.running_var"])
+
+
+def test_official_faster_better_checkpoint_loads_exactly():
+    official = official_r50_state_dict(head="SimpleRefineMaskHead")
+    converted = convert_module.convert(official)
+    model = build_model(build_config("configs/RefineMask/refinemask_faster_better_R_50_FPN_1x_mmdet.yaml"))
+    ours = model.state_dict()
+    assert set(converted) == set(ours), (set(ours) - set(converted), set(converted) - set(ours))
+    for key, value in converted.items():
+        assert value.shape == ours[key].shape, key
+    model.load_state_dict(converted, strict=True)
+    loaded = model.state_dict()
+    mh, official_mh = "roi_heads.mask_head", "roi_head.mask_head"
+    pairs = {
+        f"{mh}.stages.0.instance_logits.weight": f"{official_mh}.stage_instance_logits.0.weight",
+        f"{mh}.stages.2.instance_logits.bias": f"{official_mh}.stage_instance_logits.2.bias",
+        f"{mh}.final_instance_logits.weight": f"{official_mh}.stage_instance_logits.3.weight",
+        f"{mh}.stages.1.reduce.weight": f"{official_mh}.stages.1.fuse_conv.0.weight",
+        f"{mh}.stages.2.dilated_convs.0.weight": f"{official_mh}.stages.2.fuse_conv.1.dilation_conv_1.conv.weight",
+        "roi_heads.semantic_head.convs.3.bias": f"{official_mh}.semantic_convs.3.conv.bias",
+    }
+    for ours_key, official_key in pairs.items():
+        assert torch.equal(loaded[ours_key], official[official_key]), ours_key
 
 
 def test_unknown_keys_are_reported():
