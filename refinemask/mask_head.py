@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from instseg.layers import ROIPooler
 from instseg.modeling import crop_gt_masks
 
-from .boundary import bilinear2x, boundary_region, merge_stage, upsample2x
+from .boundary import bilinear2x, binarize, boundary_region, merge_stage, upsample2x
 
 
 def _init_predictor(conv: nn.Conv2d) -> None:
@@ -55,12 +55,18 @@ def _roi_chunks(boxes: List[Boxes], size: int):
         yield start, end, [b[max(start - o, 0) : max(end - o, 0)] for b, o in zip(boxes, offsets)]
 
 
-def _class_logits(classifier: nn.Conv2d, x: Tensor, labels: Tensor) -> Tensor:
-    """(M, C, S, S) -> (M, S, S): the 1x1 classifier evaluated for each RoI's own class only (its
-    single channel when class-agnostic), not for all K classes."""
+def _class_weights(classifier: nn.Conv2d, labels: Tensor) -> Tuple[Tensor, Tensor]:
+    """The 1x1 classifier's weights (M, C) and bias (M,) of each RoI's own class (its single
+    channel when class-agnostic)."""
     k = labels if classifier.out_channels > 1 else torch.zeros_like(labels)
-    weight = classifier.weight[k, :, 0, 0]  # (M, C)
-    return torch.einsum("mchw,mc->mhw", x, weight) + classifier.bias[k][:, None, None]
+    return classifier.weight[k, :, 0, 0], classifier.bias[k]
+
+
+def _class_logits(classifier: nn.Conv2d, x: Tensor, labels: Tensor) -> Tensor:
+    """(M, C, S, S) -> (M, S, S): the 1x1 classifier evaluated for each RoI's own class only, not
+    for all K classes."""
+    weight, bias = _class_weights(classifier, labels)
+    return torch.einsum("mchw,mc->mhw", x, weight) + bias[:, None, None]
 
 
 class _FusionStage(nn.Module):
@@ -69,6 +75,15 @@ class _FusionStage(nn.Module):
     (1x1 reduce, parallel dilated 3x3 convs summed, 1x1 merge, 1x1 to C/2 channels less the masks,
     which are passed on with them). Subclasses build the modules in their order (it sets the random
     initialisation at a SEED) and call _init_weights."""
+
+    num_masks: int  # mask channels at the end of the stage's output
+
+    @staticmethod
+    def upsample_output(x: Tensor) -> Tensor:
+        """(M, C/2, S, S) stage output -> (M, C/2, 2S, 2S), the next stage's input: all channels
+        bilinearly with align_corners False (the official SimpleSFMStage upsamples after appending
+        the mask)."""
+        return bilinear2x(x)
 
     def _add_fusion(self, channels: int, num_masks: int, dilations: List[int]) -> None:
         self.reduce = nn.Conv2d(2 * channels + num_masks, channels, 1)
@@ -107,6 +122,15 @@ class SFMStage(_FusionStage):
     RoI crops of the semantic features and foreground mask (1x1 reduce, three parallel dilated 3x3
     convs, 1x1 merge) and halves the channels; the head upsamples them 2x for the next stage."""
 
+    num_masks = 2  # the stage's own mask and the foreground crop
+
+    @staticmethod
+    def upsample_output(x: Tensor) -> Tensor:
+        """As the official SFMStage: the fused features bilinearly with align_corners False (mmcv's
+        "bilinear" upsample layer), the two mask channels re-interpolated with align_corners True."""
+        features, masks = x[:, : -SFMStage.num_masks], x[:, -SFMStage.num_masks :]
+        return cat([bilinear2x(features), bilinear2x(masks, align_corners=True)], dim=1)
+
     def __init__(
         self, channels: int, semantic_channels: int, semantic_stride: int, size: int, num_classes: int, dilations, roi_align_impl: str
     ):
@@ -115,7 +139,7 @@ class SFMStage(_FusionStage):
         self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
         self.semantic_transform_out = nn.Conv2d(channels, channels, 1)
         self.instance_logits = nn.Conv2d(channels, num_classes, 1)
-        self._add_fusion(channels, 2, dilations)  # masks: the stage's own and the foreground
+        self._add_fusion(channels, self.num_masks, dilations)
         self._init_weights()
 
     def forward(self, x: Tensor, semantic_map: Tensor, foreground: Tensor, boxes: List[Boxes], labels: Tensor):
@@ -148,6 +172,8 @@ class SimpleSFMStage(_FusionStage):
     the map); RoIAlign with one sample per bin takes the same samples but clamps those within half a
     pixel outside the map to its edge, so crops of RoIs at the map's border differ slightly."""
 
+    num_masks = 1  # the stage's own mask
+
     def __init__(
         self, channels: int, semantic_channels: int, semantic_stride: int, size: int, num_classes: int, dilations, roi_align_impl: str
     ):
@@ -155,7 +181,7 @@ class SimpleSFMStage(_FusionStage):
         self.pooler = ROIPooler(size, (1.0 / semantic_stride,), 1, "ROIAlignV2", roi_align_impl=roi_align_impl)
         self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
         self.instance_logits = nn.Conv2d(channels, num_classes, 1)
-        self._add_fusion(channels, 1, dilations)  # mask: the stage's own
+        self._add_fusion(channels, self.num_masks, dilations)
         self._init_weights()
 
     def _branches(self, y: Tensor) -> Tensor:
@@ -287,20 +313,24 @@ class RefineMaskHead(nn.Module):
         stage_logits = []
         for i, (stage, maps) in enumerate(zip(self.stages, stage_maps)):
             if i > 0:
-                x = bilinear2x(x)
+                x = stage.upsample_output(x)
             logits, x = stage(x, *maps, boxes, labels)
             stage_logits.append(logits)
-        last = _class_logits(self.final_instance_logits, x, labels)
-        stage_logits.append(self._upsample_last(last))
+        stage_logits.append(self._last_logits(x, labels))
         return stage_logits
 
-    @staticmethod
-    def _upsample_last(logits: Tensor) -> Tensor:
-        """(M, S, S) -> (M, 2S, 2S): the last mask, classified from the last stage's features at S.
-        The official head upsamples the features, then classifies; the 1x1 classifier commutes with the
-        bilinear 2x upsampling (both are linear and the interpolation weights sum to 1), so upsampling
-        one channel instead of C/2 gives the same logits."""
-        return bilinear2x(logits[:, None])[:, 0]
+    def _last_logits(self, x: Tensor, labels: Tensor) -> Tensor:
+        """(M, C/2, S, S) last stage output -> (M, 2S, 2S) last mask logits. The official head
+        upsamples the output as between stages (features with align_corners False, the mask channels
+        with True), then classifies; the 1x1 classifier commutes with each bilinear 2x upsampling
+        (both are linear and the interpolation weights sum to 1), so the features' and the masks'
+        parts are classified at S and their one-channel logits upsampled by their own rule."""
+        n = self.stage_class.num_masks
+        weight, bias = _class_weights(self.final_instance_logits, labels)
+        features = torch.einsum("mchw,mc->mhw", x[:, :-n], weight[:, :-n])
+        masks = torch.einsum("mchw,mc->mhw", x[:, -n:], weight[:, -n:])
+        upsampled = bilinear2x(features[:, None]) + bilinear2x(masks[:, None], align_corners=True)
+        return upsampled[:, 0] + bias[:, None, None]
 
     def losses(self, stage_logits: List[Tensor], instances: List[Instances]) -> Tensor:
         """Boundary-aware loss: stages up to start_stage are trained on the whole RoI; a later stage
@@ -319,7 +349,7 @@ class RefineMaskHead(nn.Module):
                 merged = logits
             else:
                 region = upsample2x(
-                    boundary_region(previous > 0, self.boundary_width)
+                    boundary_region(binarize(previous), self.boundary_width)
                     | boundary_region(previous_target > 0.5, self.boundary_width)
                 )
                 per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -362,11 +392,10 @@ class SimpleRefineMaskHead(RefineMaskHead):
         stage_maps = [(stage.transform_semantic(semantic_feat),) for stage in self.stages]
         return self._in_chunks(x, stage_maps, boxes, labels)
 
-    @staticmethod
-    def _upsample_last(logits: Tensor) -> Tensor:
-        """(M, S, S) -> (M, 2S, 2S): as the official head (pre_upsample_last_stage False), the last
-        mask is classified at S and its logits upsampled with align_corners=True."""
-        return F.interpolate(logits[:, None], scale_factor=2, mode="bilinear", align_corners=True)[:, 0]
+    def _last_logits(self, x: Tensor, labels: Tensor) -> Tensor:
+        """(M, C/2, S, S) -> (M, 2S, 2S): as the official head (pre_upsample_last_stage False), the last
+        mask is classified at S and its logits upsampled with align_corners True."""
+        return bilinear2x(_class_logits(self.final_instance_logits, x, labels)[:, None], align_corners=True)[:, 0]
 
 
 # MODEL.REFINEMASK.HEAD -> the head class

@@ -41,16 +41,61 @@ def test_boundary_region_matches_brute_force(width):
         assert torch.equal(region, brute_force_boundary(mask, width))
 
 
-def test_merge_stage_replaces_only_inside_the_previous_boundary():
-    previous = torch.full((1, 8, 8), -5.0)
-    previous[0, 2:6, 2:6] = 5.0  # a square
-    logits = torch.full((1, 16, 16), 7.0)
+def official_boundary(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """The official generate_block_target's boundary label (== 1), written plainly: a pixel whose
+    (2 width + 1)^2 window (outside the frame: background) holds more than a tenth of pixels of the
+    other label. masks (M, H, W) bool."""
+    k = 2 * width + 1
+    fg_count = F.conv2d(F.pad(masks.float()[:, None], [width] * 4), torch.ones(1, 1, k, k))[:, 0]
+    other = torch.where(masks, k * k - fg_count, fg_count)
+    return other / (k * k) > 0.1
+
+
+def official_merge(previous: torch.Tensor, logits: torch.Tensor, align_corners: bool = True) -> torch.Tensor:
+    """The official RefineRoIHead.simple_test_mask step, (M, S, S), (M, 2S, 2S) -> (M, 2S, 2S): outside
+    the 1-pixel boundary of sigmoid(previous) >= 0.5 (that complement interpolated bilinearly, then
+    >= 0.5), the previous logits interpolated bilinearly, both with align_corners True."""
+    size = logits.shape[-2:]
+    keep = ~official_boundary(previous.sigmoid() >= 0.5, 1)
+    keep = F.interpolate(keep.float()[:, None], size, mode="bilinear", align_corners=align_corners)[:, 0] >= 0.5
+    upsampled = F.interpolate(previous[:, None], size, mode="bilinear", align_corners=align_corners)[:, 0]
+    out = logits.clone()
+    out[keep] = upsampled[keep]
+    return out
+
+
+def _blobs(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """(n, size, size) smooth random logits: a few blobs with boundaries inside the frame."""
+    coarse = torch.randn(n, 1, 4, 4, generator=g) * 4
+    return F.interpolate(coarse, size, mode="bilinear", align_corners=False)[:, 0] + 0.1 * torch.randn(n, size, size, generator=g)
+
+
+def test_merge_stage_equals_the_official_rule():
+    g = torch.Generator().manual_seed(0)
+    previous, logits = _blobs(6, 28, g), torch.randn(6, 56, 56, generator=g) * 3
     merged = merge_stage(previous, logits, width=1)
-    region = boundary_region(previous > 0, 1).repeat_interleave(2, 1).repeat_interleave(2, 2)
-    assert torch.all(merged[region] == 7.0)
-    upsampled = torch.nn.functional.interpolate(previous[:, None], scale_factor=2, mode="bilinear")[:, 0]
-    assert torch.equal(merged[~region], upsampled[~region])
-    assert merged[0, 0, 0] == -5.0 and merged[0, 7, 7] == 5.0  # far outside / deep inside: unchanged
+    assert torch.equal(merged, official_merge(previous, logits))
+    # the rule's align_corners matters: the former False differs
+    assert not torch.allclose(merged, official_merge(previous, logits, align_corners=False))
+    # a square: deep inside / far outside keep the previous logits, its contour takes the stage's
+    square = torch.full((1, 8, 8), -5.0)
+    square[0, 2:6, 2:6] = 5.0
+    merged = merge_stage(square, torch.full((1, 16, 16), 7.0), width=1)
+    assert merged[0, 0, 0] == -5.0 and merged[0, 7, 7] == 5.0 and merged[0, 4, 7] == 7.0
+
+
+def test_inference_merges_the_stages_as_the_official_code():
+    """From 28 up, each stage merged into the previous merged one (the official loop edits the stage
+    predictions in place); the sigmoid of the last."""
+    head, _ = _head_and_instances()
+    g = torch.Generator().manual_seed(1)
+    stage_logits = [_blobs(5, s, g) for s in (14, 28, 56, 112)]
+    merged = stage_logits[1]
+    for logits in stage_logits[2:]:
+        merged = official_merge(merged, logits)
+    probs = head.inference(stage_logits)
+    assert probs.shape == (5, 1, 112, 112)
+    assert torch.equal(probs[:, 0], merged.sigmoid())
 
 
 def _head_and_instances():
@@ -126,10 +171,30 @@ def test_sfm_stages_crop_the_semantic_maps_at_their_stride():
     assert [s.pooler.level_poolers[0].spatial_scale for s in stages] == [1 / 8] * 3
 
 
+def plain_head(head, x, semantic_feat, semantic_logits, boxes, labels, mask_align_corners=True):
+    """The official RefineMaskHead.forward, op by op in NCHW: per stage the SFM (plain_sfm), then its
+    fused features upsampled 2x bilinearly with align_corners False (mmcv's "bilinear" upsample layer)
+    and its two mask channels (the stage's mask and the foreground crop) re-interpolated to 2S with
+    align_corners True; the last classifier for all K classes at 112, then the RoI's class picked."""
+    for conv in head.instance_convs:
+        x = conv(x)
+    stage_logits = []
+    for stage in head.stages:
+        logits, out = plain_sfm(stage, x, semantic_feat, semantic_logits, boxes, labels)
+        features = F.relu(F.interpolate(out[:, :-2], scale_factor=2, mode="bilinear", align_corners=False))
+        masks = F.interpolate(out[:, -2:], scale_factor=2, mode="bilinear", align_corners=mask_align_corners)
+        x = torch.cat([features, masks], dim=1)
+        stage_logits.append(logits)
+    last = head.final_instance_logits(x)
+    pick = labels if last.shape[1] > 1 else torch.zeros_like(labels)
+    return stage_logits + [last[torch.arange(len(x)), pick]]
+
+
 @pytest.mark.parametrize("class_agnostic_last_stage", [False, True])
-def test_head_classifies_only_the_rois_classes_and_before_the_last_upsampling(class_agnostic_last_stage):
-    """The head evaluates each 1x1 classifier for the RoI's class only, and the last one before the 2x
-    upsampling; compare with the plain composition: all K classes, then pick; upsample, then classify."""
+def test_head_equals_the_official_rules_composed_plainly(class_agnostic_last_stage):
+    """Our head classifies each RoI's class only, the last mask before the 2x upsampling, runs
+    channels-last and in chunks; the plain composition classifies all K classes, then picks, and
+    upsamples, then classifies."""
     cfg = build_config(SHAPES, ["MODEL.REFINEMASK.CLASS_AGNOSTIC_LAST_STAGE", str(class_agnostic_last_stage)])
     head = build_model(cfg).roi_heads.mask_head.double()
     for p in head.parameters():  # away from the near-zero predictor init, so that a wrong class shows
@@ -138,22 +203,17 @@ def test_head_classifies_only_the_rois_classes_and_before_the_last_upsampling(cl
     c = cfg.MODEL.REFINEMASK.CONV_DIM
     rois = torch.randn(3, c, 14, 14, generator=g, dtype=torch.float64)
     semantic = torch.randn(1, c, 16, 16, generator=g, dtype=torch.float64), torch.randn(1, 1, 16, 16, generator=g, dtype=torch.float64)
-    boxes = [Boxes(torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 6.0, 60.0, 62.0], [5.0, 20.0, 30.0, 50.0]]))]
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 6.0, 60.0, 62.0], [5.0, 20.0, 30.0, 50.0]], dtype=torch.float64)
     labels = torch.tensor([2, 0, 1])
-    last_stage_features = []
-    head.stages[-1].register_forward_hook(lambda module, args, out: last_stage_features.append(out[1]))
     with torch.no_grad():
-        stage_logits = head(rois, *semantic, boxes, labels)
-        x = rois
-        for conv in head.instance_convs:
-            x = conv(x)
-        first = head.stages[0].instance_logits(x)
-        upsampled = torch.nn.functional.interpolate(last_stage_features[0], scale_factor=2, mode="bilinear", align_corners=False)
-        last = head.final_instance_logits(upsampled)
-    pick = torch.zeros_like(labels) if class_agnostic_last_stage else labels
-    assert torch.allclose(stage_logits[0], first[torch.arange(3), labels], atol=1e-10)
-    assert torch.allclose(stage_logits[-1], last[torch.arange(3), pick], atol=1e-10)
-    assert [x.shape[-1] for x in stage_logits] == [14, 28, 56, 112]
+        ours = head(rois, *semantic, [Boxes(boxes)], labels)
+        plain = plain_head(head, rois, *semantic, boxes, labels)
+        former = plain_head(head, rois, *semantic, boxes, labels, mask_align_corners=False)
+    assert [x.shape[-1] for x in ours] == [14, 28, 56, 112]
+    for a, b in zip(ours, plain):
+        assert torch.allclose(a, b, atol=1e-10)
+    # the mask channels' align_corners matters: upsampling them with False (as the features) differs
+    assert not torch.allclose(ours[1], former[1], atol=1e-6) and not torch.allclose(ours[-1], former[-1], atol=1e-6)
 
 
 def test_roi_chunks_keep_each_roi_with_its_image():
