@@ -10,18 +10,20 @@ import weakref
 import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultPredictor, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from torch import nn
 
 from .checkpoint import Checkpointer
 from .config import add_instseg_config, check_config, check_num_classes, check_schedule
-from .data.datasets import load_train_dicts
+from .data.datasets import check_registered, load_train_dicts
 from .data.mapper import InstSegDatasetMapper
 from .distributed import check_replicas_identical
 from .evaluation import BoundaryCOCOEvaluator
+from .logs import JSONWriter
 from .utils import detectron2_has_compiled_ops
 
 logger = logging.getLogger(__name__)
@@ -46,15 +48,31 @@ def get_project_cfg() -> CfgNode:
     return cfg
 
 
-def build_config(config_file: str = "", opts=()) -> CfgNode:
-    """The project config merged with `config_file` and KEY VALUE `opts`, checked and frozen."""
+# what a config is built for -> the datasets whose registration and classes it checks
+TASKS = ("train", "eval", "predict")
+
+
+def build_config(config_file: str = "", opts=(), task: str = "train") -> CfgNode:
+    """The project config merged with `config_file` and KEY VALUE `opts`, checked and frozen.
+
+    `task` says which datasets the config is used with, and so are checked: "train": DATASETS.TRAIN
+    and DATASETS.TEST must be registered and have MODEL.ROI_HEADS.NUM_CLASSES classes; "eval": only
+    DATASETS.TEST; "predict": the registered ones of DATASETS.TEST (Predictor takes the class names
+    of a checkpoint written by training, else from DATASETS.TEST[0]: no data is read).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     cfg = get_project_cfg()
     if config_file and not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
     if config_file:
         _merge(cfg, cfg.merge_from_file, config_file, f"config file {config_file}")
     _merge(cfg, cfg.merge_from_list, list(opts), "the command-line options")
-    check_config(cfg)
+    if task != "predict":
+        check_registered(cfg, ("TRAIN", "TEST") if task == "train" else ("TEST",))
+    tested = [n for n in cfg.DATASETS.TEST if task != "predict" or n in DatasetCatalog]
+    advice = "; prediction only takes the class names of DATASETS.TEST: DATASETS.TEST \"()\" takes those of the checkpoint"
+    check_config(cfg, (list(cfg.DATASETS.TRAIN) if task == "train" else []) + tested, advice if task == "predict" else "")
     cfg.freeze()
     return cfg
 
@@ -249,6 +267,14 @@ class Trainer(DefaultTrainer):
         self.checkpointer = Checkpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         keeper = KeepingCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.CHECKPOINTS_TO_KEEP)
         return [keeper if isinstance(h, hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
+
+    def build_writers(self):
+        """detectron2's default writers, with metrics.json as valid JSON (NaN written as null)."""
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
 
     def train(self):
         try:

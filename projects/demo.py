@@ -9,6 +9,7 @@
 import argparse
 import os
 
+import instseg  # noqa: F401  (first: quiets the warnings detectron2 and fvcore raise on import)
 import cv2
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger

@@ -10,22 +10,22 @@
 
 Options after the flags are KEY VALUE config overrides, as in detectron2's tools/train_net.py.
 """
-from detectron2.engine import default_argument_parser, default_setup, launch
+import instseg  # noqa: F401  (first: quiets the warnings detectron2 and fvcore raise on import)
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from instseg.checkpoint import Checkpointer
 from instseg.data.datasets import register_coco_datasets
 from instseg.distributed import init_torchrun_process_group, launched_by_torchrun
 from instseg.engine import Trainer, build_config
+from instseg.logs import setup_run_logging
 
 
 def main(args):
     register_coco_datasets(args.register_coco or [])
-    cfg = build_config(args.config_file, args.opts)
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="instseg")
+    # evaluation reads only DATASETS.TEST: DATASETS.TRAIN need not be registered then
+    cfg = build_config(args.config_file, args.opts, task="eval" if args.eval_only else "train")
+    setup_run_logging(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         Checkpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

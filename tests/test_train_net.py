@@ -1,5 +1,6 @@
 """End to end through the user entry points: train_net.py (train, checkpoint, --resume, --eval-only),
 DefaultPredictor on the saved checkpoint, and demo.py pictures. A few iterations at 128 px."""
+import json
 import os
 
 import pytest
@@ -26,6 +27,18 @@ def test_training_writes_model_zoo_checkpoints_and_evaluates(trained):
     assert any(k.startswith(("roi_heads.mask_head.", "basis_module.")) for k in checkpoint["model"])
     assert os.path.isfile(os.path.join(out, "model_0000001.pth"))  # CHECKPOINT_PERIOD 2
     assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"
+
+
+def test_run_is_quiet_and_its_files_are_clean(trained):
+    _, out, log = trained  # the process's stdout and stderr: pytest.ini's warning filters do not apply
+    for noise in ("torch.jit.script` is deprecated", "torch.meshgrid", "NumPy array is not writable"):
+        assert noise not in log
+    text = open(os.path.join(out, "log.txt")).read()
+    assert "\x1b" not in text and "\x1b" in log  # the terminal keeps its colours
+    assert text.count("Running with full config") == 1  # no logger got its handlers twice
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.json has {c}")) for line in f]
+    assert any("segm/AP" in row for row in rows)
 
 
 def test_eval_only_from_checkpoint(trained):

@@ -68,7 +68,9 @@ class InstSegDatasetMapper(DatasetMapper):
                 f"cannot augment image {dataset_dict['file_name']!r} ({width}x{height}) with {self.augmentations}: {e}"
             ) from e
         image = aug_input.image
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # a copy where the CHW view is not contiguous or not writable (np.asarray of a PIL image;
+        # a one-channel image's view is contiguous), which torch would warn about
+        dataset_dict["image"] = torch.from_numpy(np.require(image.transpose(2, 0, 1), requirements=("C", "W")))
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
