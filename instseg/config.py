@@ -1,5 +1,9 @@
 """Config keys shared by every method of this project, and checks of a finished config."""
+import os
+from typing import Optional, Sequence
+
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.data import MetadataCatalog
 
@@ -96,25 +100,42 @@ def check_schedule(cfg: CN) -> None:
         raise ValueError("the training schedule does not fit in SOLVER.MAX_ITER: " + "; ".join(problems))
 
 
-def check_config(cfg: CN) -> None:
-    """Raise a ValueError naming the key when a finished config is inconsistent."""
+def check_config(cfg: CN, dataset_names: Optional[Sequence[str]] = None, advice: str = "") -> None:
+    """Raise a ValueError naming the key when a finished config is inconsistent; the number of
+    classes is checked against the datasets `dataset_names` (see check_num_classes)."""
     if cfg.MODEL.ROI_ALIGN_IMPL not in ROI_ALIGN_IMPLS:
         raise ValueError(
             f"MODEL.ROI_ALIGN_IMPL must be one of {ROI_ALIGN_IMPLS}, got {cfg.MODEL.ROI_ALIGN_IMPL!r}"
         )
     if cfg.TEST.AUTOCAST not in AUTOCAST_DTYPES:
         raise ValueError(f"TEST.AUTOCAST must be one of {AUTOCAST_DTYPES}, got {cfg.TEST.AUTOCAST!r}")
-    check_num_classes(cfg)
+    check_num_classes(cfg, dataset_names, advice)
 
 
-def check_num_classes(cfg: CN) -> None:
+def check_num_classes(cfg: CN, dataset_names: Optional[Sequence[str]] = None, advice: str = "") -> None:
     """The number of classes is set once, in MODEL.ROI_HEADS.NUM_CLASSES; it must match every
-    dataset of the config whose classes are known (a COCO json's become known once it is loaded)."""
-    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+    dataset of `dataset_names` (default: DATASETS.TRAIN and DATASETS.TEST) whose classes are known
+    (those registered with instseg.data.datasets.register_coco_instances are, from the start).
+    `advice` ends the error message."""
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if dataset_names is None else dataset_names
+    for name in names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
             raise ValueError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset "
                 f"{name!r} has {len(classes)} classes {classes}: set MODEL.ROI_HEADS.NUM_CLASSES "
-                f"{len(classes)}"
+                f"{len(classes)}{_run_config_hint(cfg, len(classes))}{advice}"
             )
+
+
+def _run_config_hint(cfg: CN, num_classes: int) -> str:
+    """Where MODEL.WEIGHTS comes from a run whose saved config.yaml has `num_classes` classes, a
+    pointer to that config: it holds the rest of the run's settings too."""
+    saved = os.path.join(os.path.dirname(cfg.MODEL.WEIGHTS), "config.yaml") if cfg.MODEL.WEIGHTS else ""
+    if not os.path.isfile(saved):
+        return ""
+    with open(saved) as f:
+        run = yaml.safe_load(f) or {}
+    if run.get("MODEL", {}).get("ROI_HEADS", {}).get("NUM_CLASSES") != num_classes:
+        return ""
+    return f", or use the config of the run that wrote MODEL.WEIGHTS: --config-file {saved}"

@@ -71,8 +71,11 @@ def mapped(name, *opts):
 
 
 def test_missing_image_file_is_named(tmp_path):
-    name = write_dataset(tmp_path, [("missing.png", None, 64, 64)], [[square(5, 5, 20)]])
-    with pytest.raises(FileNotFoundError, match=r"missing\.png.*does not exist"):
+    # registration checks every image (tests/test_datasets.py); one removed later is named by the mapper
+    rgb().save(tmp_path / "gone.png")
+    name = write_dataset(tmp_path, [("gone.png", None, 64, 64)], [[square(5, 5, 20)]])
+    (tmp_path / "gone.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"gone\.png.*does not exist"):
         mapped(name)
 
 
