@@ -27,6 +27,11 @@ def add_instseg_config(cfg: CN) -> None:
     # RoIAlign pools the maps in place. Same results up to float rounding; on a CPU every method
     # predicts 1.2x-1.5x faster so (README, Benchmarks).
     cfg.MODEL.CHANNELS_LAST = False
+    # Evaluation (--eval-only), demo.py and Predictor refuse a model whose weights are not all
+    # loaded: MODEL.WEIGHTS empty, or a checkpoint that leaves parameters missing or of another
+    # shape (another number of classes). True runs such a partly random model anyway (tests, speed
+    # measurements). Training loads what fits and logs the rest, whatever this says.
+    cfg.TEST.ALLOW_RANDOM_WEIGHTS = False
     # Training keeps the last this many periodic checkpoints (model_<iteration>.pth) of its run and
     # deletes the older ones; 0 keeps all. model_final.pth is not counted.
     cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2

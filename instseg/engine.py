@@ -6,18 +6,20 @@ import os
 import re
 import time
 import weakref
+from typing import Optional
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from torch import nn
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, TrainingMetadata, load_inference_weights
 from .config import add_instseg_config, check_config, check_num_classes, check_schedule
 from .data.datasets import check_registered, load_train_dicts
 from .data.mapper import InstSegDatasetMapper
@@ -264,12 +266,15 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before asking for the hooks; the
         # checkpoint hook and resume_or_load must use ours.
-        self.checkpointer = Checkpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = Checkpointer(
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), metadata=TrainingMetadata(self.cfg.DATASETS.TRAIN)
+        )
         keeper = KeepingCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.CHECKPOINTS_TO_KEEP)
         return [keeper if isinstance(h, hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
 
     def build_writers(self):
         """detectron2's default writers, with metrics.json as valid JSON (NaN written as null)."""
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         return [
             CommonMetricPrinter(self.max_iter),
             JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
@@ -321,10 +326,31 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=InstSegDatasetMapper(cfg, False))
 
 
+def prediction_metadata(cfg: CfgNode, saved: Optional[dict]) -> Metadata:
+    """What names the predicted classes: the "metadata" a training checkpoint holds (`saved`), else
+    that of the registered dataset DATASETS.TEST[0] when it has MODEL.ROI_HEADS.NUM_CLASSES classes,
+    else nothing (pictures then show class indices)."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if saved and len(saved.get("thing_classes", ())) == num_classes:
+        return Metadata(name=f"checkpoint {cfg.MODEL.WEIGHTS}", **saved)
+    for name in cfg.DATASETS.TEST[:1]:
+        if name in DatasetCatalog and len(MetadataCatalog.get(name).get("thing_classes", ())) == num_classes:
+            return MetadataCatalog.get(name)
+    logger.warning(
+        "no class names: MODEL.WEIGHTS is not a checkpoint written by this project's training and "
+        "DATASETS.TEST names no registered dataset of %d classes; predictions are labelled by class index",
+        num_classes,
+    )
+    return Metadata(name="no class names")
+
+
 class Predictor(DefaultPredictor):
     """detectron2's DefaultPredictor, loading cfg.MODEL.WEIGHTS with this project's Checkpointer, so
-    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted), predicting in
-    mixed precision when cfg.TEST.AUTOCAST names a dtype and channels-last with MODEL.CHANNELS_LAST."""
+    that a .pkl file cannot run code (detectron2's own unpickles it unrestricted), and only when it
+    gives every weight of the model (else an IncompleteWeightsError, see load_inference_weights);
+    predicting in mixed precision when cfg.TEST.AUTOCAST names a dtype and channels-last with
+    MODEL.CHANNELS_LAST. `metadata` names the classes (prediction_metadata): those of the
+    checkpoint's training data, without registering the dataset."""
 
     def __init__(self, cfg: CfgNode):
         weights_free = cfg.clone()
@@ -333,7 +359,8 @@ class Predictor(DefaultPredictor):
         super().__init__(weights_free)
         self.cfg = cfg.clone()
         to_memory_format(self.model, cfg)
-        Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        saved = load_inference_weights(self.model, cfg).get("metadata")
+        self.metadata = prediction_metadata(cfg, saved)
 
     def __call__(self, original_image: np.ndarray) -> dict:
         """original_image: an H x W x 3 array in cfg.INPUT.FORMAT channel order (cv2.imread's BGR by

@@ -14,7 +14,7 @@ import instseg  # noqa: F401  (first: quiets the warnings detectron2 and fvcore 
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
-from instseg.checkpoint import Checkpointer
+from instseg.checkpoint import Checkpointer, load_inference_weights
 from instseg.data.datasets import register_coco_datasets
 from instseg.distributed import init_torchrun_process_group, launched_by_torchrun
 from instseg.engine import Trainer, build_config
@@ -28,9 +28,10 @@ def main(args):
     setup_run_logging(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        Checkpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR)
+        resumed = args.resume and checkpointer.has_checkpoint()
+        # every weight must come from the checkpoint, unless TEST.ALLOW_RANDOM_WEIGHTS
+        load_inference_weights(model, cfg, checkpointer.get_checkpoint_file() if resumed else cfg.MODEL.WEIGHTS)
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         return results

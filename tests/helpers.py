@@ -21,6 +21,8 @@ TINY = [
 ]
 # every detection kept, so that the mask branches of a randomly initialised model run
 ZERO_THRESHOLDS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
+# Predictor and evaluation refuse a randomly initialised model unless told so
+RANDOM_WEIGHTS = ["TEST.ALLOW_RANDOM_WEIGHTS", "True"]
 
 
 def is_channels_last(t: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from helpers import CONFIGS, TINY, ZERO_THRESHOLDS
+from helpers import CONFIGS, RANDOM_WEIGHTS, TINY, ZERO_THRESHOLDS
 
 from instseg.engine import build_config
 
@@ -33,7 +33,7 @@ def test_predictor_runs_the_model_under_test_autocast_and_returns_float32():
     image = np.random.RandomState(0).randint(0, 256, (128, 160, 3), dtype=np.uint8)
     for dtype, expected in (("bfloat16", torch.bfloat16), ("", torch.float32)):
         torch.manual_seed(0)
-        predictor = Predictor(build_config(CONFIGS[0], ZERO_THRESHOLDS + ["TEST.AUTOCAST", dtype]))
+        predictor = Predictor(build_config(CONFIGS[0], ZERO_THRESHOLDS + RANDOM_WEIGHTS + ["TEST.AUTOCAST", dtype]))
         seen = []
         predictor.model.backbone.register_forward_hook(lambda m, i, out: seen.append(out["p2"].dtype))
         instances = predictor(image)["instances"]

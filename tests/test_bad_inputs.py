@@ -15,7 +15,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from helpers import CONFIGS, TINY
+from helpers import CONFIGS, RANDOM_WEIGHTS, TINY
 from PIL import Image
 
 from instseg.checkpoint import Checkpointer
@@ -242,7 +242,7 @@ def test_checkpoint_with_other_number_of_classes_loads_the_rest(config, tmp_path
 
 
 def test_predictor_names_what_it_expects():
-    predictor = Predictor(build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu"]))  # test size 256
+    predictor = Predictor(build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu", *RANDOM_WEIGHTS]))  # test size 256
     with pytest.raises(ValueError, match=r"H x W x 3 numpy array in BGR order, got ndarray of shape \(3, 64, 64\)"):
         predictor(np.zeros((3, 64, 64), np.uint8))  # channels first
     with pytest.raises(ValueError, match=r"got Tensor of shape \(64, 64, 3\)"):
@@ -252,7 +252,7 @@ def test_predictor_names_what_it_expects():
 
 
 def test_huge_image_is_resized_before_the_model(monkeypatch):
-    cfg = build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu"])  # test size 256
+    cfg = build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu", *RANDOM_WEIGHTS])  # test size 256
     predictor = Predictor(cfg)
     seen = []
     forward = predictor.model.forward

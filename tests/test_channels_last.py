@@ -3,7 +3,7 @@ NCHW up to float rounding, through the Predictor, and trains through the Trainer
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, TINY, ZERO_THRESHOLDS, is_channels_last
+from helpers import CONFIGS, RANDOM_WEIGHTS, TINY, ZERO_THRESHOLDS, is_channels_last
 
 from instseg.checkpoint import Checkpointer
 from instseg.engine import Predictor, Trainer, build_config
@@ -11,7 +11,7 @@ from instseg.engine import Predictor, Trainer, build_config
 
 def _predict(config, channels_last, image):
     torch.manual_seed(0)  # the same random weights in both formats
-    predictor = Predictor(build_config(config, ZERO_THRESHOLDS + ["MODEL.CHANNELS_LAST", str(channels_last)]))
+    predictor = Predictor(build_config(config, ZERO_THRESHOLDS + RANDOM_WEIGHTS + ["MODEL.CHANNELS_LAST", str(channels_last)]))
     maps = []
     predictor.model.backbone.register_forward_hook(lambda m, i, out: maps.extend(out.values()))
     return predictor(image)["instances"], maps
