@@ -1,8 +1,12 @@
-"""What several test files share: the method configs and a few-iteration, 128 px schedule."""
+"""What several test files share: the method configs, a few-iteration 128 px schedule, a user's
+COCO dataset as labelme exports it."""
+import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
+from PIL import Image
 
 CONFIGS = [
     "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
@@ -44,3 +48,27 @@ def fcos_boxes_across_borders(fcos) -> None:
         fcos.fcos_head.cls_logits.bias.fill_(8.0)
         fcos.fcos_head.bbox_pred.weight.zero_()
         fcos.fcos_head.bbox_pred.bias.fill_(6.0)
+
+
+# labelme's export: category 0 "_background_" (no annotations), file names under JPEGImages/
+LABELME_CATEGORIES = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "dog"},
+                      {"id": 3, "name": "bird"}, {"id": 4, "name": "fish"}]
+
+
+def labelme_dataset(root, num_images=2, written=None, categories=LABELME_CATEGORIES):
+    """A COCO json at root/annotations.json of 64 x 48 images, image ids from 0, file_names
+    JPEGImages/<i>.jpg, one square per image of the categories after the first; the first `written`
+    images (default all) are written. Returns the json's path."""
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        if written is None or i < written:
+            pixels = np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "JPEGImages" / f"{i}.jpg")
+        images.append({"id": i, "file_name": f"JPEGImages/{i}.jpg", "width": 64, "height": 48})
+        category = categories[1 + i % (len(categories) - 1)]["id"]
+        annotations.append({"id": i, "image_id": i, "category_id": category, "bbox": [4, 4, 20, 20], "area": 400,
+                            "iscrowd": 0, "segmentation": [[4, 4, 24, 4, 24, 24, 4, 24]]})
+    json_file = root / "annotations.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return str(json_file)

@@ -2,37 +2,16 @@
 once, class names known before the data is loaded, errors that name the right dataset and say what
 to do (issue 26, points 5 and 6)."""
 import itertools
-import json
 
-import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
+from helpers import labelme_dataset
 
 from instseg.data.datasets import register_coco_instances
 from instseg.engine import build_config
 
 SHAPES = "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml"
-# labelme's export: category 0 "_background_" (no annotations), file names under JPEGImages/
-LABELME_CATEGORIES = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "dog"},
-                      {"id": 3, "name": "bird"}, {"id": 4, "name": "fish"}]
 _names = (f"user_data_{i}" for i in itertools.count())
-
-
-def labelme_dataset(root, num_images=2, written=None, categories=LABELME_CATEGORIES):
-    """A COCO json at root/annotations.json whose file_names are JPEGImages/<i>.jpg; the first
-    `written` images (default all) are written. Returns the json's path."""
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        if written is None or i < written:
-            Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
-        images.append({"id": i, "file_name": f"JPEGImages/{i}.jpg", "width": 64, "height": 48})
-        annotations.append({"id": i, "image_id": i, "category_id": 1 + i % 4, "bbox": [4, 4, 20, 20], "area": 400,
-                            "iscrowd": 0, "segmentation": [[4, 4, 24, 4, 24, 24, 4, 24]]})
-    json_file = root / "annotations.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return str(json_file)
 
 
 def test_missing_images_are_found_at_registration_with_the_root_used(tmp_path):
@@ -69,12 +48,10 @@ def test_class_names_are_known_at_registration_as_loading_sets_them(tmp_path):
     metadata = MetadataCatalog.get(name)
     assert metadata.thing_classes == ["_background_", "b", "e"]
     assert metadata.thing_dataset_id_to_contiguous_id == {0: 0, 2: 1, 5: 2}
-    with pytest.raises(ValueError, match="category_id=1"):  # the annotations' ids are 1-4
-        DatasetCatalog.get(name)
-    name = next(_names)
-    register_coco_instances(name, labelme_dataset(tmp_path / "full"), str(tmp_path / "full"))
     dicts = DatasetCatalog.get(name)  # load_coco_json sets the same metadata: no conflict
-    assert len(dicts) == 2 and MetadataCatalog.get(name).thing_classes[0] == "_background_"
+    assert [a["category_id"] for d in dicts for a in d["annotations"]] == [0, 1]
+    name = next(_names)
+    register_coco_instances(name, labelme_dataset(tmp_path / "five"), str(tmp_path / "five"))
     with pytest.raises(ValueError, match=rf"NUM_CLASSES is 3 but dataset '{name}' has 5 classes"):
         build_config(SHAPES, ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()"])
 
