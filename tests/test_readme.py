@@ -1,6 +1,6 @@
-"""The README's file paths and config keys exist, its KEY VALUE options are accepted, and CI runs its
-test command: a renamed file or key would otherwise leave a command in the README that fails for the
-user who copies it."""
+"""The file paths and config keys of the README, the methods' READMEs and docs/ exist, the README's
+KEY VALUE options are accepted, and CI runs its test command: a renamed file or key would otherwise
+leave a command in the documentation that fails for the user who copies it."""
 import re
 import shlex
 from pathlib import Path
@@ -11,6 +11,8 @@ from instseg.engine import _all_keys, build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+METHOD_READMES = [ROOT / method / "README.md" for method in ("blendmask", "centermask", "refinemask")]
+DOCS = [ROOT / "README.md", *METHOD_READMES, *sorted((ROOT / "docs").rglob("*.md"))]
 
 REPO_PATH = re.compile(
     r"\b(?:configs|projects|docs|instseg|csrc|third_party|tests|blendmask|centermask|refinemask)/[\w./-]*"
@@ -20,15 +22,19 @@ CONFIG_KEY = re.compile(r"\b(?:MODEL|SOLVER|TEST|INPUT|DATASETS|DATALOADER)(?:\.
 UPSTREAM_ONLY_KEYS = {"MODEL.FCOS.NUM_CLASSES"}
 
 
-@pytest.mark.parametrize("path", sorted(set(REPO_PATH.findall(README))))
-def test_readme_paths_exist(path):
-    assert (ROOT / path.rstrip(".")).exists(), f"README.md names {path}, which is not in the repository"
+@pytest.mark.parametrize(
+    "doc, path",
+    sorted({(d.relative_to(ROOT).as_posix(), p) for d in DOCS for p in REPO_PATH.findall(d.read_text())}),
+)
+def test_documented_paths_exist(doc, path):
+    assert (ROOT / path.rstrip(".")).exists(), f"{doc} names {path}, which is not in the repository"
 
 
-def test_readme_config_keys_exist():
+@pytest.mark.parametrize("doc", [d.relative_to(ROOT).as_posix() for d in DOCS])
+def test_documented_config_keys_exist(doc):
     cfg = build_config()
-    missing = sorted(set(CONFIG_KEY.findall(README)) - UPSTREAM_ONLY_KEYS - set(_all_keys(cfg)))
-    assert not missing, f"README.md names config keys that do not exist: {missing}"
+    missing = sorted(set(CONFIG_KEY.findall((ROOT / doc).read_text())) - UPSTREAM_ONLY_KEYS - set(_all_keys(cfg)))
+    assert not missing, f"{doc} names config keys that do not exist: {missing}"
     assert "NUM_CLASSES" not in cfg.MODEL.FCOS  # the README says so
 
 
