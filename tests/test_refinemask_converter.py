@@ -89,16 +89,22 @@ def _official_simple_head(mh, num_classes):
     return sd
 
 
-def test_official_checkpoint_loads_exactly():
-    official = official_r50_state_dict()
+def _load_converted(official: dict, config: str) -> dict:
+    """Convert `official`, check that it names exactly the model's parameters with their shapes, load
+    it strictly and return the model's state dict."""
     converted = convert_module.convert(official)
-    model = build_model(build_config("configs/RefineMask/refinemask_R_50_FPN_1x_mmdet.yaml"))
+    model = build_model(build_config(config))
     ours = model.state_dict()
     assert set(converted) == set(ours), (set(ours) - set(converted), set(converted) - set(ours))
     for key, value in converted.items():
         assert value.shape == ours[key].shape, key
     model.load_state_dict(converted, strict=True)
-    loaded = model.state_dict()
+    return model.state_dict()
+
+
+def test_official_checkpoint_loads_exactly():
+    official = official_r50_state_dict()
+    loaded = _load_converted(official, "configs/RefineMask/refinemask_R_50_FPN_1x_mmdet.yaml")
     assert torch.equal(loaded["roi_heads.mask_head.stages.1.dilated_convs.2.weight"],
                        official["roi_head.mask_head.stages.1.fuse_conv.1.dilation_conv_3.conv.weight"])
     assert torch.equal(loaded["backbone.bottom_up.res3.0.shortcut.norm.running_var"],
@@ -107,14 +113,7 @@ def test_official_checkpoint_loads_exactly():
 
 def test_official_faster_better_checkpoint_loads_exactly():
     official = official_r50_state_dict(head="SimpleRefineMaskHead")
-    converted = convert_module.convert(official)
-    model = build_model(build_config("configs/RefineMask/refinemask_faster_better_R_50_FPN_1x_mmdet.yaml"))
-    ours = model.state_dict()
-    assert set(converted) == set(ours), (set(ours) - set(converted), set(converted) - set(ours))
-    for key, value in converted.items():
-        assert value.shape == ours[key].shape, key
-    model.load_state_dict(converted, strict=True)
-    loaded = model.state_dict()
+    loaded = _load_converted(official, "configs/RefineMask/refinemask_faster_better_R_50_FPN_1x_mmdet.yaml")
     mh, official_mh = "roi_heads.mask_head", "roi_head.mask_head"
     pairs = {
         f"{mh}.stages.0.instance_logits.weight": f"{official_mh}.stage_instance_logits.0.weight",
