@@ -72,6 +72,7 @@ SPEED_MODELS = {
     "CenterMask V-39": ("configs/CenterMask/centermask_V_39_eSE_FPN_ms_3x.yaml", (800, 1216)),
     "CenterMask-Lite V-19": ("configs/CenterMask/centermask_lite_V_19_eSE_FPN_ms_4x.yaml", (608, 928)),
     "RefineMask R50-FPN": ("configs/RefineMask/refinemask_R_50_FPN_1x.yaml", (800, 1216)),
+    "RefineMask faster-better R50-FPN": ("configs/RefineMask/refinemask_faster_better_R_50_FPN_1x.yaml", (800, 1216)),
 }
 ACCURACY_MODELS = {
     "Mask R-CNN R18-FPN": "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
