@@ -238,9 +238,12 @@ class KeepingCheckpointer(hooks.PeriodicCheckpointer):
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with this project's checkpointer (safe loading, atomic saving),
+    """detectron2's DefaultTrainer with this project's checkpointer (safe loading, atomic saving,
+    the training data's class names in every checkpoint, the last SOLVER.CHECKPOINTS_TO_KEEP kept),
     dataset mapper (clear errors on bad images) and evaluator (box, mask and Boundary AP, with or
-    without detectron2's compiled ops); SOLVER.AMP.ENABLED also works on a CPU (bfloat16)."""
+    without detectron2's compiled ops); SOLVER.AMP.ENABLED also works on a CPU (bfloat16). A
+    schedule that does not fit in SOLVER.MAX_ITER is an error (check_schedule); metrics.json is
+    valid JSON."""
 
     def __init__(self, cfg: CfgNode):
         check_schedule(cfg)  # before anything is built: a schedule that cannot train is an error
