@@ -352,7 +352,10 @@ def _last_metrics(output_dir):
     with open(os.path.join(output_dir, "metrics.json")) as f:
         for line in f:
             row = json.loads(line)
-            metrics.update({k: v for k, v in row.items() if k.startswith(("segm/", "bbox/", "boundary/"))})
+            # metrics.json writes NaN (no ground truth of a size) as null
+            metrics.update({
+                k: float("nan") if v is None else v for k, v in row.items() if k.startswith(("segm/", "bbox/", "boundary/"))
+            })
     return metrics
 
 

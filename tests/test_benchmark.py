@@ -3,6 +3,7 @@ time split by model part, latencies taken in turns, inference under autocast, th
 the parts models share, reading detectron2's per-image inference time and the run time from a
 training log, and evaluating a run's final model on another split once."""
 import argparse
+import math
 import os
 import sys
 import time
@@ -196,3 +197,10 @@ def test_models_that_share_parts_are_built_with_the_same_weights_there():
     assert len(shared) > 150 and any(k.startswith("roi_heads.box_predictor.") for k in shared)
     for key in shared:
         assert torch.equal(baseline[key], refinemask[key]), key
+
+
+def test_last_metrics_reads_null_as_nan(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"segm/AP": 1.0, "segm/APs": null, "iteration": 3}\n{"bbox/AP": 2.0}\n')
+    metrics = benchmark._last_metrics(str(tmp_path))
+    assert metrics["segm/AP"] == 1.0 and metrics["bbox/AP"] == 2.0 and "iteration" not in metrics
+    assert math.isnan(metrics["segm/APs"])
