@@ -316,6 +316,8 @@ class Trainer(DefaultTrainer):
             dataset_name,
             output_dir=output_folder,
             use_fast_impl=detectron2_has_compiled_ops(),
+            # COCO's maxDets follows the one bound of every method's detections
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         )
 
     @classmethod

@@ -113,3 +113,11 @@ def test_boundary_ap_counts_max_dets_per_image():
                   {"image_id": 1, "category_id": 1, "segmentation": _rle(gt), "score": 0.5}]
     assert boundary_ap(dataset, detections, max_dets=(1, 1, 1))["AP"] == pytest.approx(0.0)
     assert boundary_ap(dataset, detections, max_dets=(1, 1, 2))["AP"] == pytest.approx(50.0, abs=0.5)
+
+
+def test_trainer_evaluator_counts_detections_per_image(tmp_path):
+    from instseg.engine import Trainer, build_config
+
+    cfg = build_config("configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml", ["TEST.DETECTIONS_PER_IMAGE", "150"])
+    evaluator = Trainer.build_evaluator(cfg, "shapes_val", output_folder=str(tmp_path))
+    assert evaluator._max_dets_per_image == [1, 10, 150]
