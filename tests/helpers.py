@@ -72,3 +72,14 @@ def labelme_dataset(root, num_images=2, written=None, categories=LABELME_CATEGOR
     json_file = root / "annotations.json"
     json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return str(json_file)
+
+
+def ground_truth_as_detections(gt):
+    """Instances of detections (pred_boxes, pred_classes, scores 1) at the ground truth's boxes."""
+    from detectron2.structures import Instances
+
+    det = Instances(gt.image_size)
+    det.pred_boxes = gt.gt_boxes
+    det.pred_classes = gt.gt_classes
+    det.scores = torch.ones(len(gt))
+    return det

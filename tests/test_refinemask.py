@@ -13,6 +13,8 @@ from torch.nn import functional as F
 from instseg.engine import build_config
 from refinemask import SFMStage, boundary_region, mask_head, merge_stage
 
+from helpers import ground_truth_as_detections
+
 SHAPES = "configs/RefineMask/refinemask_R_18_FPN_shapes.yaml"
 
 
@@ -279,10 +281,7 @@ def test_model_trains_and_predicts_112_masks(two_box_batch):
     sum(losses.values()).backward()
     assert model.roi_heads.semantic_head.logits.weight.grad.abs().sum() > 0
     model.eval()
-    proposals = Instances((128, 128))
-    proposals.pred_boxes = inst.gt_boxes
-    proposals.pred_classes = inst.gt_classes
-    proposals.scores = torch.ones(2)
+    proposals = ground_truth_as_detections(inst)
     with torch.no_grad():
         features = model.backbone((image[None] - model.pixel_mean) / model.pixel_std)
         semantic = model.roi_heads.semantic_head(features["p2"])

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
-from helpers import TINY
+from helpers import TINY, ground_truth_as_detections
 from torch.nn import functional as F
 
 from instseg.engine import Trainer, build_config
@@ -231,10 +231,7 @@ def test_model_trains_without_semantic_loss_and_predicts_112_masks(two_box_batch
     # the semantic head trains through the stages' semantic crops
     assert model.roi_heads.semantic_head.convs[0].weight.grad.abs().sum() > 0
     model.eval()
-    proposals = Instances((128, 128))
-    proposals.pred_boxes = inst.gt_boxes
-    proposals.pred_classes = inst.gt_classes
-    proposals.scores = torch.ones(2)
+    proposals = ground_truth_as_detections(inst)
     with torch.no_grad():
         features = model.backbone((image[None] - model.pixel_mean) / model.pixel_std)
         semantic_feat, semantic_logits = model.roi_heads.semantic_head(features["p2"])
