@@ -58,6 +58,8 @@ setup(
     description="BlendMask, CenterMask, RefineMask and Mask R-CNN as Detectron2 plugins",
     packages=find_packages(include=["instseg*", "blendmask*", "centermask*", "refinemask*"]),
     python_requires=">=3.10",
+    # the methods instseg finds and loads when it builds the project config (instseg/methods.py)
+    entry_points={"instseg.methods": ["blendmask = blendmask", "centermask = centermask", "refinemask = refinemask"]},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )

@@ -3,9 +3,13 @@
 Importing this package registers the "BlendMask" meta-architecture; its detector is the shared FCOS
 (instseg.modeling.fcos) and its blender the fused op of csrc/blender.
 """
+from instseg.methods import register_method_config
+
 from .basis_module import BasisModule
 from .blender import Blender
 from .blendmask import BlendMask
 from .config import add_blendmask_config
+
+register_method_config(add_blendmask_config)  # instseg builds the project config with these keys too
 
 __all__ = ["BasisModule", "BlendMask", "Blender", "add_blendmask_config"]

@@ -3,11 +3,15 @@
 Importing this package registers the VoVNet backbones, the SAG mask head, the MaskIoU head and
 CenterROIHeads; the detector is the shared FCOS (instseg.modeling.fcos) inside GeneralizedRCNN.
 """
+from instseg.methods import register_method_config
+
 from .config import add_centermask_config
 from .maskiou_head import ROI_MASKIOU_HEAD_REGISTRY, MaskIoUHead, maskiou_targets
 from .roi_heads import CenterROIHeads
 from .sag_mask_head import SpatialAttention, SpatialAttentionMaskHead
 from .vovnet import VOVNET_SPECS, VoVNet, build_fcos_vovnet_fpn_backbone, build_vovnet_backbone
+
+register_method_config(add_centermask_config)  # instseg builds the project config with these keys too
 
 __all__ = [
     "CenterROIHeads",

@@ -1,11 +1,18 @@
-"""Config keys shared by every method of this project, and checks of a finished config."""
+"""The project config: the keys shared by every method, the config of detectron2 plus every method's
+keys (get_project_cfg), building it from a file and options with errors that name the key
+(build_config), and checks of a finished config."""
+import difflib
 import os
 from typing import Optional, Sequence
 
 import torch
 import yaml
 from detectron2.config import CfgNode as CN
-from detectron2.data import MetadataCatalog
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .data.datasets import check_registered  # importing instseg.data registers the embedded dataset
+from .methods import add_method_configs, load_methods
 
 ROI_ALIGN_IMPLS = ("instseg", "detectron2")
 AUTOCAST_DTYPES = ("", "bfloat16", "float16")
@@ -36,6 +43,86 @@ def add_instseg_config(cfg: CN) -> None:
     # deletes the older ones; 0 keeps all. model_final.pth is not counted.
     cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2
     _add_fcos_config(cfg)
+
+
+def get_project_cfg() -> CN:
+    """detectron2's default config plus the keys of this project and of every method found
+    (instseg.methods.load_methods: importing a method also registers its models)."""
+    import instseg.modeling  # noqa: F401  (registers FCOS, its backbones, the shared RoI heads)
+
+    load_methods()
+    cfg = get_cfg()
+    add_instseg_config(cfg)
+    add_method_configs(cfg)
+    return cfg
+
+
+# what a config is built for -> the datasets whose registration and classes it checks
+TASKS = ("train", "eval", "predict")
+
+
+def build_config(config_file: str = "", opts=(), task: str = "train") -> CN:
+    """The project config merged with `config_file` and KEY VALUE `opts`, checked and frozen.
+
+    `task` says which datasets the config is used with, and so are checked: "train": DATASETS.TRAIN
+    and DATASETS.TEST must be registered and have MODEL.ROI_HEADS.NUM_CLASSES classes; "eval": only
+    DATASETS.TEST; "predict": the registered ones of DATASETS.TEST (Predictor takes the class names
+    of a checkpoint written by training, else from DATASETS.TEST[0]: no data is read).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    cfg = get_project_cfg()
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    if config_file:
+        _merge(cfg, cfg.merge_from_file, config_file, f"config file {config_file}")
+    _merge(cfg, cfg.merge_from_list, list(opts), "the command-line options")
+    if task != "predict":
+        check_registered(cfg, ("TRAIN", "TEST") if task == "train" else ("TEST",))
+    tested = [n for n in cfg.DATASETS.TEST if task != "predict" or n in DatasetCatalog]
+    advice = "; prediction only takes the class names of DATASETS.TEST: DATASETS.TEST \"()\" takes those of the checkpoint"
+    check_config(cfg, (list(cfg.DATASETS.TRAIN) if task == "train" else []) + tested, advice if task == "predict" else "")
+    cfg.freeze()
+    return cfg
+
+
+def _all_keys(node: CN, prefix: str = ""):
+    for name, value in node.items():
+        if isinstance(value, CN):
+            yield from _all_keys(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+# keys of the upstream projects that this project sets in one place instead
+REPLACED_KEYS = {
+    "MODEL.FCOS.NUM_CLASSES": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "MODEL.BASIS_MODULE.NUM_CLASSES": "MODEL.ROI_HEADS.NUM_CLASSES",
+}
+
+
+def _merge(cfg: CN, merge, source, where: str) -> None:
+    """`merge(source)` into `cfg`, with yacs's assertions turned into errors that say `where`."""
+    try:
+        merge(source)
+    except (KeyError, AssertionError) as e:  # unknown keys, odd option lists, newer config versions
+        message = e.args[0] if e.args else repr(e)
+        if "Non-existent" in message:
+            raise KeyError(_unknown_key_message(cfg, message, where)) from e
+        if "odd length" in message:
+            message = f"options must be KEY VALUE pairs, got an odd number of items: {source}"
+        raise ValueError(f"{where}: {message}") from e
+
+
+def _unknown_key_message(cfg: CN, error: str, where: str) -> str:
+    """yacs's 'Non-existent (config) key: X' with where it came from and the closest known keys."""
+    key = error.rsplit(":", 1)[-1].strip()
+    where = f" (in {where})"
+    if key in REPLACED_KEYS:
+        return f"unknown config key {key}{where}: the number of classes of every model is set once, in {REPLACED_KEYS[key]}"
+    close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown config key {key}{where}{hint}"
 
 
 def _add_fcos_config(cfg: CN) -> None:

@@ -5,6 +5,8 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 
+from .detectron2_compat import set_local_process_group
+
 
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ)
@@ -20,7 +22,7 @@ def init_torchrun_process_group() -> None:
     for i in range(dist.get_world_size() // per_machine):
         group = dist.new_group(list(range(i * per_machine, (i + 1) * per_machine)))
         if i == machine:
-            comm._LOCAL_PROCESS_GROUP = group  # detectron2 v0.6 has no public setter
+            set_local_process_group(group)
     if has_gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     comm.synchronize()

@@ -8,10 +8,11 @@ detections as the mask AP.
 A model whose detections carry mask_scores (CenterMask's MaskIoU rescoring) is scored as centermask2's
 evaluator scores it: box AP ranks the detections by scores, mask and Boundary AP by mask_scores.
 """
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
 from faster_coco_eval import COCO as FasterCOCO
 from faster_coco_eval import COCOeval_faster
+
+from .detectron2_compat import COCOEvaluatorHooks
 
 BOUNDARY_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
@@ -34,50 +35,50 @@ def boundary_ap(
     return {m: float(s * 100) if s >= 0 else float("nan") for m, s in zip(BOUNDARY_METRICS, evaluator.stats)}
 
 
-class BoundaryCOCOEvaluator(COCOEvaluator):
+class BoundaryCOCOEvaluator(COCOEvaluatorHooks):
     """detectron2's COCOEvaluator that also reports the task "boundary" (Boundary AP) whenever it
     evaluates masks, and ranks masks by mask_scores where the detections have them."""
 
     def process(self, inputs, outputs):
-        start = len(self._predictions)
+        start = len(self.predictions)
         super().process(inputs, outputs)
         mask_scores = {
             x["image_id"]: out["instances"].mask_scores.tolist()
             for x, out in zip(inputs, outputs)
             if "instances" in out and out["instances"].has("mask_scores")
         }
-        for prediction in self._predictions[start:]:
+        for prediction in self.predictions[start:]:
             for result, score in zip(prediction.get("instances", []), mask_scores.get(prediction["image_id"], [])):
                 result["mask_score"] = score  # saved with the results json, beside the box "score"
 
-    def _eval_predictions(self, predictions, img_ids=None):
+    def eval_predictions(self, predictions, img_ids=None):
         results = [r for p in predictions for r in p.get("instances", [])]
-        tasks = set(self._tasks or self._tasks_from_predictions(results))
+        tasks = set(self.tasks or self.tasks_from_predictions(results))
         if "segm" not in tasks or not any("mask_score" in r for r in results):
-            return super()._eval_predictions(predictions, img_ids)
+            return super().eval_predictions(predictions, img_ids)
         # copied before the first pass, which maps the category ids in place
         by_mask_score = [
             dict(p, instances=[dict(r, score=r["mask_score"]) for r in p.get("instances", [])]) for p in predictions
         ]
-        saved = self._tasks, self._output_dir
+        saved = self.tasks, self.output_dir
         try:
-            self._tasks = tasks - {"segm"}  # box (and keypoint) AP by scores; writes the results json
-            super()._eval_predictions(predictions, img_ids)
-            self._tasks, self._output_dir = {"segm"}, None  # mask and Boundary AP by mask_scores
-            super()._eval_predictions(by_mask_score, img_ids)
+            self.tasks = tasks - {"segm"}  # box (and keypoint) AP by scores; writes the results json
+            super().eval_predictions(predictions, img_ids)
+            self.tasks, self.output_dir = {"segm"}, None  # mask and Boundary AP by mask_scores
+            super().eval_predictions(by_mask_score, img_ids)
         finally:
-            self._tasks, self._output_dir = saved
+            self.tasks, self.output_dir = saved
 
-    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
-        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+    def derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super().derive_coco_results(coco_eval, iou_type, class_names)
         if iou_type == "segm":
             if coco_eval is None:
                 boundary = {m: float("nan") for m in BOUNDARY_METRICS}
             else:
                 boundary = boundary_ap(
-                    self._coco_api.dataset, coco_eval.cocoDt.dataset["annotations"], coco_eval.params.imgIds,
-                    max_dets=self._max_dets_per_image,
+                    self.coco_api.dataset, coco_eval.cocoDt.dataset["annotations"], coco_eval.params.imgIds,
+                    max_dets=self.max_dets_per_image,
                 )
-            self._logger.info("Evaluation results for boundary (Boundary AP):\n" + create_small_table(boundary))
-            self._results["boundary"] = boundary
+            self.logger.info("Evaluation results for boundary (Boundary AP):\n" + create_small_table(boundary))
+            self.results["boundary"] = boundary
         return results

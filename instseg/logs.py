@@ -15,9 +15,10 @@ from collections import defaultdict
 
 from detectron2.engine import default_setup
 from detectron2.utils import comm
-from detectron2.utils.events import JSONWriter as _JSONWriter
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
+
+from .detectron2_compat import JSONWriterState
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOGGERS = ("detectron2", "fvcore", "instseg")
@@ -60,22 +61,22 @@ def _json_number(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-class JSONWriter(_JSONWriter):
+class JSONWriter(JSONWriterState):
     """detectron2's metrics.json writer (one JSON object per line), with NaN and infinite values
     written as null, so that every line is valid JSON."""
 
     def write(self):
         storage = get_event_storage()
         to_save = defaultdict(dict)
-        for key, (value, iteration) in storage.latest_with_smoothing_hint(self._window_size).items():
-            if iteration > self._last_write:  # scalars not written yet
+        for key, (value, iteration) in storage.latest_with_smoothing_hint(self.window_size).items():
+            if iteration > self.last_write:  # scalars not written yet
                 to_save[iteration][key] = _json_number(value)
         if to_save:
-            self._last_write = max(to_save)
+            self.last_write = max(to_save)
         for iteration, scalars in sorted(to_save.items()):
-            self._file_handle.write(json.dumps({**scalars, "iteration": iteration}, sort_keys=True, allow_nan=False) + "\n")
-        self._file_handle.flush()
+            self.file_handle.write(json.dumps({**scalars, "iteration": iteration}, sort_keys=True, allow_nan=False) + "\n")
+        self.file_handle.flush()
         try:
-            os.fsync(self._file_handle.fileno())
+            os.fsync(self.file_handle.fileno())
         except AttributeError:  # not a local file
             pass

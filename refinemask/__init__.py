@@ -4,11 +4,15 @@ the official code's faster-better variant of the head (SimpleRefineMaskHead).
 
 Importing this package registers RefineROIHeads (on top of Mask R-CNN's box branch).
 """
+from instseg.methods import register_method_config
+
 from .boundary import boundary_region, merge_stage
 from .config import add_refinemask_config
 from .mask_head import RefineMaskHead, SFMStage, SimpleRefineMaskHead, SimpleSFMStage
 from .roi_heads import RefineROIHeads
 from .semantic_head import SemanticHead
+
+register_method_config(add_refinemask_config)  # instseg builds the project config with these keys too
 
 __all__ = [
     "RefineMaskHead",

@@ -6,7 +6,7 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 
-from instseg.engine import get_project_cfg
+from instseg.config import get_project_cfg
 from instseg.modeling.fcos import FCOS, FCOSPredictions
 from instseg.modeling.fcos.targets import INF, assign_locations, centerness_targets, compute_locations
 

@@ -7,7 +7,7 @@ from detectron2.modeling import build_roi_heads
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
-from instseg.engine import get_project_cfg
+from instseg.config import get_project_cfg
 from instseg.layers import ROIAlign, use_instseg_roi_align
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from instseg.engine import _all_keys, build_config
+from instseg.config import _all_keys, build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -13,6 +13,8 @@ from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..detectron2_compat import transform_annotations
+
 # PIL modes of 16-bit single-channel images (16-bit PNGs open as "I" or "I;16*")
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -75,5 +77,5 @@ class InstSegDatasetMapper(DatasetMapper):
             dataset_dict.pop("annotations", None)
             return dataset_dict
         if "annotations" in dataset_dict:
-            self._transform_annotations(dataset_dict, transforms, image.shape[:2])
+            transform_annotations(self, dataset_dict, transforms, image.shape[:2])
         return dataset_dict
