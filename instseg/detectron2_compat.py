@@ -9,6 +9,9 @@ code. detectron2 keeps no promise about these names, so on an upgrade:
    (v0.6 sets SimpleTrainer._data_loader_iter in __init__; later versions make it lazy), and whether
    COCOEvaluator still calls _eval_predictions and _derive_coco_results as the hooks below expect;
 3. adapt the functions and classes here; the rest of instseg uses only them.
+Not listed: the protected hooks that detectron2 and fvcore leave to subclasses and override in their
+own projects (StandardROIHeads._init_*_head, Checkpointer._load_file and _load_model); an upgrade is
+checked there by the tests of the RoI heads and checkpoints.
 """
 from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer, SimpleTrainer
