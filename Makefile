@@ -31,7 +31,7 @@ test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 benchmark: install
-	$(PY) projects/benchmark_roi_align.py
+	$(PY) -m benchmark speed
 
 # Compile-only build of the CUDA kernels (no GPU needed), so CUDA code cannot rot unseen.
 cuda-check: install

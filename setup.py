@@ -56,7 +56,7 @@ setup(
     name="instseg",
     version="0.1.0",
     description="BlendMask, CenterMask, RefineMask and Mask R-CNN as Detectron2 plugins",
-    packages=find_packages(include=["instseg*", "blendmask*", "centermask*", "refinemask*"]),
+    packages=find_packages(include=["instseg*", "blendmask*", "centermask*", "refinemask*", "benchmark*"]),
     python_requires=">=3.10",
     # the methods instseg finds and loads when it builds the project config (instseg/methods.py)
     entry_points={"instseg.methods": ["blendmask = blendmask", "centermask = centermask", "refinemask = refinemask"]},

@@ -1,11 +1,11 @@
-"""Benchmark: this project's RoIAlign op against torchvision.ops.roi_align, forward + backward.
+"""This project's RoIAlign op against torchvision.ops.roi_align, forward + backward.
 
-Both ops run on the same inputs in the same process; the script prints the median time of each and
-the ratio torchvision / ours (> 1 means ours is faster).
+Both ops run on the same inputs in the same process; prints the median time of each and the ratio
+torchvision / ours (> 1 means ours is faster).
 
-    python projects/benchmark_roi_align.py                 # CPU, 2 threads, 512 RoIs x 256 ch
-    python projects/benchmark_roi_align.py --channels-last --forward-only
-    python projects/benchmark_roi_align.py --device cuda
+    python -m benchmark roi-align                       # CPU, 2 threads, 512 RoIs x 256 ch
+    python -m benchmark roi-align --channels-last --forward-only
+    python -m benchmark roi-align --device cuda
 """
 import argparse
 import statistics
@@ -14,7 +14,18 @@ import torch
 import torchvision
 
 from instseg.layers import roi_align
-from instseg.utils import seconds_in_turns
+
+from .timing import seconds_in_turns
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--rois", type=int, default=512)
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--channels-last", action="store_true", help="the feature map in channels-last memory format")
+    parser.add_argument("--forward-only", action="store_true", help="time inference: no backward")
 
 
 def make_inputs(num_rois, channels, device, seed=0):
@@ -30,6 +41,7 @@ def make_inputs(num_rois, channels, device, seed=0):
 
 
 def time_op(fn, features, rois, scale, output_size, repeats, backward=True, warmup=2):
+    """Median seconds of one call of the RoIAlign `fn` (and its backward, with `backward`)."""
     features = features.detach().requires_grad_(backward)
 
     def run():
@@ -41,16 +53,7 @@ def time_op(fn, features, rois, scale, output_size, repeats, backward=True, warm
     return statistics.median(seconds_in_turns({"op": run}, warmup, repeats, str(features.device))["op"])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--rois", type=int, default=512)
-    parser.add_argument("--channels", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--channels-last", action="store_true", help="the feature map in channels-last memory format")
-    parser.add_argument("--forward-only", action="store_true", help="time inference: no backward")
-    args = parser.parse_args()
+def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     features, rois, scale = make_inputs(args.rois, args.channels, args.device)
     if args.channels_last:
@@ -67,7 +70,3 @@ def main():
         ref = time_op(torchvision.ops.roi_align, *timing)
         ours = time_op(roi_align, *timing)
         print(f"| {output_size}x{output_size} | {ref * 1e3:.1f} | {ours * 1e3:.1f} | {ref / ours:.2f}x |")
-
-
-if __name__ == "__main__":
-    main()
