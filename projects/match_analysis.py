@@ -13,7 +13,7 @@ cannot: a mask pasted into a box cannot be better than its box allows.
     python projects/match_analysis.py --dataset shapes_test output/benchmark/accuracy/*/
 
 reads each run's detectron2 results, `<run>/<dataset>/inference/<dataset>/coco_instances_results.json`
-(written by `projects/benchmark.py --accuracy`) or `<run>/inference/<dataset>/...` (by training).
+(written by `python -m benchmark accuracy`) or `<run>/inference/<dataset>/...` (by training).
 """
 import argparse
 import collections
@@ -95,7 +95,7 @@ def results_file(run: str, dataset: str) -> str:
     from benchmark import final_evaluation_dir
     from instseg.engine import evaluation_dir
 
-    # output folders of projects/benchmark.py's evaluation of the final model, and of training
+    # output folders of `python -m benchmark accuracy`'s evaluation of the final model, and of training
     for output_dir in (final_evaluation_dir(run, dataset), run):
         path = os.path.join(evaluation_dir(output_dir, dataset), "coco_instances_results.json")
         if os.path.exists(path):

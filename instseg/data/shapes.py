@@ -19,7 +19,7 @@ from pycocotools import mask as mask_util
 
 CLASSES = ["ellipse", "triangle", "rectangle"]
 # split -> (number of images, seed offset). "val" is small so that training evaluates in seconds;
-# "test" is for comparisons that must not drown in the noise of 50 images (projects/benchmark.py).
+# "test" is for comparisons that must not drown in the noise of 50 images (python -m benchmark accuracy).
 SPLITS = {"train": (400, 0), "val": (50, 1_000_000), "test": (500, 2_000_000)}
 IMAGE_SIZE = 256
 VERSION = "shapes-v3"  # bump when the generator's output changes
