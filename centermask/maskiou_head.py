@@ -15,7 +15,7 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from instseg.modeling import crop_gt_masks
+from instseg.modeling import crop_gt_masks, set_per_image
 
 ROI_MASKIOU_HEAD_REGISTRY = Registry("ROI_MASKIOU_HEAD")
 ROI_MASKIOU_HEAD_REGISTRY.__doc__ = "Heads that predict the IoU of RoI masks with their ground truth."
@@ -107,7 +107,17 @@ class MaskIoUHead(nn.Module):
             "loss_weight": cfg.MODEL.MASKIOU_LOSS_WEIGHT,
         }
 
-    def forward(self, features: Tensor, mask_probs: Tensor) -> Tensor:
+    def forward(self, features: Tensor, instances: List[Instances]):
+        """As a detectron2 mask head: in training the loss dict, at test time `instances` rescored.
+
+        Args:
+            features: (M, C, S, S) the mask head's RoI features of `instances`, images in order.
+            instances: in training the foreground proposals with the mask head's `gt_class_mask_logits`;
+                at test time the detections with its `pred_masks`.
+        """
+        return self.losses(features, instances) if self.training else self.rescore(features, instances)
+
+    def predict_iou(self, features: Tensor, mask_probs: Tensor) -> Tensor:
         """
         Args:
             features: (M, C, S, S) RoI features (the mask head's input).
@@ -123,16 +133,21 @@ class MaskIoUHead(nn.Module):
         x = F.relu(self.maskiou_fc2(x))
         return self.maskiou(x)
 
-    def losses(self, features: Tensor, mask_logits: Tensor, instances: List[Instances]) -> dict:
+    def losses(self, features: Tensor, instances: List[Instances]) -> dict:
         """L2 loss on the ground-truth class, over RoIs whose target IoU is positive.
 
         Args:
-            features: (M, C, S, S); mask_logits: (M, K, 2S, 2S); instances: the foreground proposals.
+            features: (M, C, S, S); instances: the foreground proposals, whose `gt_class_mask_logits`
+                (2S, 2S) the mask head set.
         """
-        classes = cat([x.gt_classes for x in instances]) if instances else mask_logits.new_zeros((0,), dtype=torch.long)
-        index = torch.arange(len(classes), device=mask_logits.device)
-        logits = mask_logits[index, classes]
-        pred = self(features, logits.sigmoid().unsqueeze(1).detach())[index, classes]
+        if instances:
+            logits = cat([x.gt_class_mask_logits for x in instances])
+            classes = cat([x.gt_classes for x in instances])
+        else:
+            logits = features.new_zeros((0, 2 * features.shape[-2], 2 * features.shape[-1]))
+            classes = torch.zeros((0,), dtype=torch.long, device=features.device)
+        index = torch.arange(len(classes), device=features.device)
+        pred = self.predict_iou(features, logits.sigmoid().unsqueeze(1).detach())[index, classes]
         targets = maskiou_targets(logits.detach(), instances)
         keep = targets > 0
         if not keep.any():
@@ -140,16 +155,16 @@ class MaskIoUHead(nn.Module):
         loss = 0.5 * F.mse_loss(pred[keep], targets[keep], reduction="mean")
         return {"loss_maskiou": loss * self.loss_weight}
 
-    def rescore(self, features: Tensor, instances: List[Instances]) -> None:
+    def rescore(self, features: Tensor, instances: List[Instances]) -> List[Instances]:
         """Test time: set each detection's mask_scores to its score x its predicted mask IoU, as
         centermask2 does (unclamped); scores stays FCOS's box score. pred_masks must hold the
         2S x 2S mask probabilities of the predicted class."""
         if sum(len(x) for x in instances) == 0:
             for inst in instances:
                 inst.mask_scores = inst.scores.clone()
-            return
+            return instances
         classes = cat([x.pred_classes for x in instances])
         index = torch.arange(len(classes), device=features.device)
-        ious = self(features, cat([x.pred_masks for x in instances]))[index, classes]
-        for inst, iou in zip(instances, ious.split([len(x) for x in instances])):
-            inst.mask_scores = inst.scores * iou.to(inst.scores.dtype)
+        ious = self.predict_iou(features, cat([x.pred_masks for x in instances]))[index, classes]
+        set_per_image(instances, "mask_scores", cat([x.scores for x in instances]) * ious.to(instances[0].scores.dtype))
+        return instances

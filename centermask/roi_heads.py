@@ -5,13 +5,13 @@ from typing import Dict, List
 from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import build_mask_head
-from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rcnn_loss
 from detectron2.structures import Instances
 from torch import Tensor
 
-from instseg.modeling import InstSegROIHeads
+from instseg.modeling import InstSegROIHeads, build_mask_pooler
 
 from .maskiou_head import build_maskiou_head
+from .sag_mask_head import SpatialAttentionMaskHead
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -31,10 +31,16 @@ class CenterROIHeads(InstSegROIHeads):
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        pooler_args, pooled = cls._init_mask_pooler(cfg, input_shape, cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION)
+        pooler_args, pooled = build_mask_pooler(cfg, input_shape, cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION)
+        mask_head = build_mask_head(cfg, pooled)
+        if cfg.MODEL.MASKIOU_ON and not isinstance(mask_head, SpatialAttentionMaskHead):
+            raise ValueError(
+                "MODEL.MASKIOU_ON needs MODEL.ROI_MASK_HEAD.NAME SpatialAttentionMaskHead (it leaves the "
+                f"logits the MaskIoU head learns from), got {cfg.MODEL.ROI_MASK_HEAD.NAME!r}"
+            )
         return dict(
             pooler_args,
-            mask_head=build_mask_head(cfg, pooled),
+            mask_head=mask_head,
             maskiou_head=build_maskiou_head(cfg, pooled) if cfg.MODEL.MASKIOU_ON else None,
         )
 
@@ -46,17 +52,12 @@ class CenterROIHeads(InstSegROIHeads):
         return self.forward_with_given_boxes(features, proposals), {}
 
     def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
-        instances, _, pooled = self._mask_rois(features, instances)
-        mask_logits = self.mask_head.layers(pooled)
+        """The mask head, then the MaskIoU head on what it left in the instances: in training
+        their losses, at test time the instances with pred_masks and mask_scores."""
+        instances, _, pooled = self.mask_rois(features, instances)
+        out = self.mask_head(pooled, instances)
+        if self.maskiou_head is None:
+            return out
         if self.training:
-            losses = {
-                "loss_mask": mask_rcnn_loss(mask_logits, instances, self.mask_head.vis_period)
-                * self.mask_head.loss_weight
-            }
-            if self.maskiou_head is not None:
-                losses.update(self.maskiou_head.losses(pooled, mask_logits, instances))
-            return losses
-        mask_rcnn_inference(mask_logits, instances)
-        if self.maskiou_head is not None:
-            self.maskiou_head.rescore(pooled, instances)
-        return instances
+            return dict(out, **self.maskiou_head(pooled, instances))
+        return self.maskiou_head(pooled, out)

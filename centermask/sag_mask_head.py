@@ -4,10 +4,17 @@ It is detectron2's MaskRCNNConvUpsampleHead (``mask_fcn1..N``, ``deconv``, ``pre
 centermask2's checkpoints) with a spatial attention module (``spatialAtt``) between the convs and the
 deconv, which stresses informative pixels and suppresses noise before upsampling to 28 x 28.
 """
+from typing import List
+
 import fvcore.nn.weight_init as weight_init
 import torch
+from detectron2.layers import cat
 from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
+from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rcnn_loss
+from detectron2.structures import Instances
 from torch import Tensor, nn
+
+from instseg.modeling import set_per_image
 
 
 class SpatialAttention(nn.Module):
@@ -26,7 +33,11 @@ class SpatialAttention(nn.Module):
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class SpatialAttentionMaskHead(MaskRCNNConvUpsampleHead):
-    """Arguments as MaskRCNNConvUpsampleHead (cfg.MODEL.ROI_MASK_HEAD: NUM_CONV 4, or 2 for Lite)."""
+    """Arguments as MaskRCNNConvUpsampleHead (cfg.MODEL.ROI_MASK_HEAD: NUM_CONV 4, or 2 for Lite).
+
+    As a detectron2 mask head, `forward(x, instances)` gives the loss dict in training and the
+    instances with `pred_masks` at test time. In training it also leaves each foreground proposal's
+    logits of its ground-truth class in `gt_class_mask_logits`, which the MaskIoU head learns from."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -39,3 +50,13 @@ class SpatialAttentionMaskHead(MaskRCNNConvUpsampleHead):
         x = self.spatialAtt(x)
         x = self.deconv_relu(self.deconv(x))
         return self.predictor(x)
+
+    def forward(self, x: Tensor, instances: List[Instances]):
+        logits = self.layers(x)
+        if not self.training:
+            mask_rcnn_inference(logits, instances)
+            return instances
+        if instances:
+            classes = cat([i.gt_classes for i in instances]) if logits.shape[1] > 1 else logits.new_zeros(len(logits), dtype=torch.long)
+            set_per_image(instances, "gt_class_mask_logits", logits[torch.arange(len(logits), device=logits.device), classes])
+        return {"loss_mask": mask_rcnn_loss(logits, instances, self.vis_period) * self.loss_weight}

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from instseg.layers import ROIPooler
-from instseg.modeling import crop_gt_masks
+from instseg.layers.memory_format import to_channels_last
+from instseg.modeling import crop_gt_masks, with_roi_align_impl
 
 from .boundary import bilinear2x, binarize, boundary_region, merge_stage, upsample2x
 
@@ -28,16 +29,8 @@ def _init_predictor(conv: nn.Conv2d) -> None:
     nn.init.constant_(conv.bias, 0)
 
 
-def _channels_last(x: Tensor) -> Tensor:
-    """The head keeps its (M, C, S, S) maps channels-last: on CPU (torch 2.14, 2 threads, 100 RoIs)
-    its convs run 1.3-2x faster so and the bilinear 2x upsampling 7-8x faster than on NCHW maps."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-# The refinement stages run on chunks of this many RoIs. A chunk's largest map (16 RoIs x 64 channels
-# x 56 x 56 floats, 13 MB) stays under glibc's 32 MB mmap threshold, so the memory of one chunk's
-# maps is reused by the next instead of being mapped and page-faulted anew: on CPU (2 threads, 100
-# RoIs of the R50 benchmark) the head runs 1.2-1.4x faster so, with equal results.
+# The refinement stages run on chunks of this many RoIs, so that one chunk's maps stay under glibc's
+# mmap threshold and the next chunk reuses their memory (docs/notes/refinemask_cpu_latency.md).
 ROIS_PER_CHUNK = 16
 
 
@@ -135,7 +128,7 @@ class SFMStage(_FusionStage):
         self, channels: int, semantic_channels: int, semantic_stride: int, size: int, num_classes: int, dilations, roi_align_impl: str
     ):
         super().__init__()
-        self.pooler = ROIPooler(size, (1.0 / semantic_stride,), 0, "ROIAlignV2", roi_align_impl=roi_align_impl)
+        self.pooler = with_roi_align_impl(ROIPooler(size, (1.0 / semantic_stride,), 0, "ROIAlignV2"), roi_align_impl)
         self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
         self.semantic_transform_out = nn.Conv2d(channels, channels, 1)
         self.instance_logits = nn.Conv2d(channels, num_classes, 1)
@@ -156,9 +149,9 @@ class SFMStage(_FusionStage):
         logits = _class_logits(self.instance_logits, x, labels)
         # no ReLU between pooling and transform_out: RoIAlign of a map >= 0 is >= 0
         sem = self.pooler([semantic_map], boxes)
-        sem = F.relu_(self.semantic_transform_out(_channels_last(sem)))
+        sem = F.relu_(self.semantic_transform_out(to_channels_last(sem)))
         sem_mask = self.pooler([foreground], boxes)
-        masks = _channels_last(torch.stack([logits.sigmoid(), sem_mask[:, 0]], dim=1))
+        masks = to_channels_last(torch.stack([logits.sigmoid(), sem_mask[:, 0]], dim=1))
         return logits, self._fuse(x, sem, masks)
 
 
@@ -178,7 +171,7 @@ class SimpleSFMStage(_FusionStage):
         self, channels: int, semantic_channels: int, semantic_stride: int, size: int, num_classes: int, dilations, roi_align_impl: str
     ):
         super().__init__()
-        self.pooler = ROIPooler(size, (1.0 / semantic_stride,), 1, "ROIAlignV2", roi_align_impl=roi_align_impl)
+        self.pooler = with_roi_align_impl(ROIPooler(size, (1.0 / semantic_stride,), 1, "ROIAlignV2"), roi_align_impl)
         self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
         self.instance_logits = nn.Conv2d(channels, num_classes, 1)
         self._add_fusion(channels, self.num_masks, dilations)
@@ -198,8 +191,8 @@ class SimpleSFMStage(_FusionStage):
             this stage's mask logits (M, S, S) and the next stage's features before upsampling (M, C/2, S, S).
         """
         logits = _class_logits(self.instance_logits, x, labels)
-        sem = _channels_last(self.pooler([semantic_map], boxes))
-        masks = _channels_last(logits.sigmoid()[:, None])
+        sem = to_channels_last(self.pooler([semantic_map], boxes))
+        masks = to_channels_last(logits.sigmoid()[:, None])
         return logits, self._fuse(x, sem, masks)
 
 
@@ -307,7 +300,7 @@ class RefineMaskHead(nn.Module):
 
     def _refine(self, x: Tensor, stage_maps: List[Tuple[Tensor, ...]], boxes: List[Boxes], labels: Tensor) -> List[Tensor]:
         """forward for one chunk of RoIs, given the stages' whole-image maps."""
-        x = _channels_last(x)
+        x = to_channels_last(x)
         for conv in self.instance_convs:
             x = conv(x)
         stage_logits = []

@@ -8,14 +8,10 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.structures import Instances
 from torch import Tensor
 
-from instseg.modeling import InstSegROIHeads
+from instseg.modeling import InstSegROIHeads, build_mask_pooler, set_per_image
 
 from .mask_head import MASK_HEADS
-from .semantic_head import SemanticHead
-
-# the semantic head's outputs travel to _forward_mask among the feature maps under these keys: its
-# features and, where it predicts them, its foreground logits (the mask head's inputs in that order)
-SEMANTIC_KEYS = ("refinemask_semantic", "refinemask_semantic_logits")
+from .semantic_head import SemanticHead, SemanticOutputs
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -25,6 +21,8 @@ class RefineROIHeads(InstSegROIHeads):
         """Arguments as StandardROIHeads (its mask head being one of MASK_HEADS), plus the semantic
         head whose outputs the mask head refines with."""
         super().__init__(**kwargs)
+        if self.keypoint_on:
+            raise ValueError("RefineROIHeads has no keypoint branch: MODEL.KEYPOINT_ON must be False")
         self.semantic_head = semantic_head
 
     @classmethod
@@ -33,7 +31,7 @@ class RefineROIHeads(InstSegROIHeads):
         if head not in MASK_HEADS:
             raise ValueError(f"MODEL.REFINEMASK.HEAD must be one of {sorted(MASK_HEADS)}, got {head!r}")
         head_class = MASK_HEADS[head]
-        pooler_args, pooled = cls._init_mask_pooler(cfg, input_shape)
+        pooler_args, pooled = build_mask_pooler(cfg, input_shape)
         semantic_args = SemanticHead.from_config(cfg, input_shape, predict_foreground=head_class.uses_foreground)
         mask_head = head_class(
             cfg, pooled, semantic_channels=semantic_args["conv_dim"], semantic_stride=semantic_args["in_shape"].stride
@@ -42,22 +40,30 @@ class RefineROIHeads(InstSegROIHeads):
         return dict(pooler_args, mask_head=mask_head, semantic_head=SemanticHead(**semantic_args))
 
     def forward(self, images, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
-        semantic_feat, semantic_logits = self.semantic_head(features[self.semantic_head.in_feature])
-        semantic = dict(zip(SEMANTIC_KEYS, (semantic_feat, semantic_logits)))
-        features = dict(features, **{k: v for k, v in semantic.items() if v is not None})
-        instances, losses = super().forward(images, features, proposals, targets)
-        if self.training and semantic_logits is not None:
-            losses["loss_semantic"] = self.semantic_head.loss(semantic_logits, targets, tuple(images.tensor.shape[-2:]))
-        return instances, losses
+        if not self.training:
+            return self.forward_with_given_boxes(features, self._forward_box(features, proposals)), {}
+        semantic = self.semantic_head(features[self.semantic_head.in_feature])
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        losses = self._forward_box(features, proposals)
+        losses.update(self._forward_mask(features, proposals, semantic))
+        if semantic.foreground_logits is not None:
+            losses["loss_semantic"] = self.semantic_head.loss(
+                semantic.foreground_logits, targets, tuple(images.tensor.shape[-2:])
+            )
+        return proposals, losses
 
-    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
-        instances, boxes, pooled = self._mask_rois(features, instances)
+    def forward_with_given_boxes(self, features: Dict[str, Tensor], instances: List[Instances]) -> List[Instances]:
+        """Test time: the masks of the given detections (the semantic head runs here, as only the
+        mask head needs it)."""
+        assert not self.training
+        semantic = self.semantic_head(features[self.semantic_head.in_feature])
+        return self._forward_mask(features, instances, semantic)
+
+    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances], semantic: SemanticOutputs):
+        instances, boxes, pooled = self.mask_rois(features, instances)
         labels = cat([x.gt_classes if self.training else x.pred_classes for x in instances])
-        semantic = [features[k] for k in SEMANTIC_KEYS if k in features]
-        stage_logits = self.mask_head(pooled, *semantic, boxes, labels)
+        stage_logits = self.mask_head(pooled, *semantic.mask_head_inputs(), boxes, labels)
         if self.training:
             return {"loss_mask": self.mask_head.losses(stage_logits, instances)}
-        probs = self.mask_head.inference(stage_logits)
-        for inst, masks in zip(instances, probs.split([len(x) for x in instances])):
-            inst.pred_masks = masks
+        set_per_image(instances, "pred_masks", self.mask_head.inference(stage_logits))
         return instances

@@ -4,17 +4,29 @@ SimpleRefineMaskHead, takes the feature map only: its semantic head has no class
 
 Shape legend: N images, C in channels, D = CONV_DIM, H x W the P2 map.
 """
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import fvcore.nn.weight_init as weight_init
-import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from instseg.layers.memory_format import to_channels_last
 from instseg.modeling import feature_shapes, semantic_targets
+
+
+class SemanticOutputs(NamedTuple):
+    """What the semantic head gives the mask head: its features (N, D, H, W) and its foreground
+    logits (N, 1, H, W), None without the foreground classifier."""
+
+    features: Tensor
+    foreground_logits: Optional[Tensor]
+
+    def mask_head_inputs(self) -> Tuple[Tensor, ...]:
+        """The maps the mask head refines with, in its argument order."""
+        return (self.features,) if self.foreground_logits is None else tuple(self)
 
 
 class SemanticHead(nn.Module):
@@ -68,15 +80,14 @@ class SemanticHead(nn.Module):
             "loss_weight": rm.SEMANTIC_LOSS_WEIGHT,
         }
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> SemanticOutputs:
         """(N, C, H, W) -> features (N, D, H, W) and foreground logits (N, 1, H, W), channels-last; the
         logits are None without the foreground classifier."""
-        # mkldnn runs this chain of large-map convs about 1.4x faster channels-last than on NCHW maps
-        # (CPU, 2 threads, 256 x 200 x 304), which it reorders before and after each conv
-        x = x.contiguous(memory_format=torch.channels_last)
+        # channels-last: mkldnn would reorder an NCHW map before and after each of these large convs
+        x = to_channels_last(x)
         for conv in self.convs:
             x = conv(x)
-        return x, (self.logits(x) if self.logits is not None else None)
+        return SemanticOutputs(x, self.logits(x) if self.logits is not None else None)
 
     def loss(self, logits: Tensor, gt_instances: List[Instances], image_size: Tuple[int, int]) -> Tensor:
         """BCE against the image's foreground (the union of its instance masks), sampled at the

@@ -215,3 +215,40 @@ def test_maskiou_rescoring_sets_mask_scores_and_keeps_scores():
     assert torch.allclose(inst.mask_scores, torch.tensor([0.8 * 1.25, 0.6 * -0.5]))
     assert inst.scores.tolist() == pytest.approx([0.8, 0.6])
     assert len(empty.mask_scores) == 0
+
+
+def test_configs_build_the_centermask_meta_architecture():
+    from centermask import CenterMask
+
+    model = build_model(build_config(LITE_SHAPES))
+    assert type(model) is CenterMask
+    with pytest.raises(ValueError, match="META_ARCHITECTURE CenterMask needs MODEL.ROI_HEADS.NAME CenterROIHeads"):
+        build_model(build_config(LITE_SHAPES, ["MODEL.ROI_HEADS.NAME", "InstSegROIHeads", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NUM_FC", "1"]))
+
+
+def test_maskiou_needs_the_sag_mask_head():
+    with pytest.raises(ValueError, match="MODEL.MASKIOU_ON needs MODEL.ROI_MASK_HEAD.NAME SpatialAttentionMaskHead"):
+        build_model(build_config(LITE_SHAPES, ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]))
+
+
+def test_mask_heads_train_and_predict_through_forward(two_box_batch):
+    """The SAG head's forward leaves the ground-truth class's logits of each RoI for the MaskIoU head;
+    the MaskIoU head's forward gives its loss in training and rescored instances at test time."""
+    torch.manual_seed(0)
+    heads = build_model(build_config(LITE_SHAPES)).roi_heads
+    inst = _fg_instances([0, 0, 8, 8], torch.ones(8, 8, dtype=torch.bool))
+    inst.gt_classes = torch.tensor([1])
+    x = torch.randn(1, heads.mask_head.conv_norm_relus[0].in_channels, 14, 14)
+    heads.train()
+    with EventStorage():
+        losses = heads.mask_head(x, [inst])
+    assert set(losses) == {"loss_mask"}
+    torch.testing.assert_close(inst.gt_class_mask_logits, heads.mask_head.layers(x)[:, 1])
+    assert set(heads.maskiou_head(x, [inst])) == {"loss_maskiou"}
+    heads.eval()
+    det = Instances((16, 16), pred_boxes=Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]])), scores=torch.tensor([0.5]), pred_classes=torch.tensor([1]))
+    with torch.no_grad():
+        (out,) = heads.maskiou_head(x, heads.mask_head(x, [det]))
+        iou = heads.maskiou_head.predict_iou(x, out.pred_masks)[0, 1]
+    assert out.pred_masks.shape == (1, 1, 28, 28)
+    torch.testing.assert_close(out.mask_scores, 0.5 * iou[None])

@@ -197,3 +197,13 @@ def test_only_the_compat_module_uses_detectron2_private_names():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Attribute) and node.attr in names:
                 raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.attr}: go through instseg.detectron2_compat")
+
+
+@pytest.mark.parametrize("method", ["BlendMask", "CenterMask", "RefineMask"])
+def test_every_config_of_a_method_names_its_meta_architecture(method):
+    from instseg.config import build_config
+
+    configs = sorted((ROOT / "configs" / method).glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert build_config(path).MODEL.META_ARCHITECTURE == method, path

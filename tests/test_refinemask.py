@@ -284,8 +284,6 @@ def test_model_trains_and_predicts_112_masks(two_box_batch):
     proposals = ground_truth_as_detections(inst)
     with torch.no_grad():
         features = model.backbone((image[None] - model.pixel_mean) / model.pixel_std)
-        semantic = model.roi_heads.semantic_head(features["p2"])
-        features.update(refinemask_semantic=semantic[0], refinemask_semantic_logits=semantic[1])
         (out,) = model.roi_heads.forward_with_given_boxes(features, [proposals])
     assert out.pred_masks.shape == (2, 1, 112, 112)
 
@@ -305,3 +303,41 @@ def test_full_model_parameter_names():
     }
     for key, shape in expected.items():
         assert keys.get(key) == shape, key
+
+
+def test_configs_build_the_refinemask_meta_architecture():
+    from refinemask import RefineMask
+
+    assert type(build_model(build_config(SHAPES))) is RefineMask
+    with pytest.raises(ValueError, match="META_ARCHITECTURE RefineMask needs MODEL.ROI_HEADS.NAME RefineROIHeads"):
+        build_model(build_config(SHAPES, ["MODEL.ROI_HEADS.NAME", "InstSegROIHeads"]))
+
+
+def test_semantic_outputs_reach_the_mask_head_as_arguments(two_box_batch, monkeypatch):
+    """The RoI heads leave the backbone's feature dict as it was and hand the mask head the
+    semantic head's features and foreground logits (the paper head) as arguments."""
+    model = build_model(build_config(SHAPES)).eval()
+    image, inst = two_box_batch[0]["image"], two_box_batch[0]["instances"]
+    seen = {}
+    head_forward = model.roi_heads.mask_head.forward
+
+    def recording_forward(x, *maps_boxes_labels):
+        seen["args"] = maps_boxes_labels
+        return head_forward(x, *maps_boxes_labels)
+
+    monkeypatch.setattr(model.roi_heads.mask_head, "forward", recording_forward)
+    with torch.no_grad():
+        features = model.backbone((image[None] - model.pixel_mean) / model.pixel_std)
+        keys = set(features)
+        model.roi_heads.forward_with_given_boxes(features, [ground_truth_as_detections(inst)])
+        semantic = model.roi_heads.semantic_head(features["p2"])
+    assert set(features) == keys
+    feat, logits, boxes, labels = seen["args"]
+    torch.testing.assert_close(feat, semantic.features)
+    torch.testing.assert_close(logits, semantic.foreground_logits)
+    assert labels.tolist() == inst.gt_classes.tolist()
+
+
+def test_refinemask_heads_have_no_keypoint_branch():
+    with pytest.raises(ValueError, match="MODEL.KEYPOINT_ON must be False"):
+        build_model(build_config(SHAPES, ["MODEL.KEYPOINT_ON", "True"]))

@@ -234,8 +234,7 @@ def test_model_trains_without_semantic_loss_and_predicts_112_masks(two_box_batch
     proposals = ground_truth_as_detections(inst)
     with torch.no_grad():
         features = model.backbone((image[None] - model.pixel_mean) / model.pixel_std)
-        semantic_feat, semantic_logits = model.roi_heads.semantic_head(features["p2"])
-        features.update(refinemask_semantic=semantic_feat)
+        _, semantic_logits = model.roi_heads.semantic_head(features["p2"])
         (out,) = model.roi_heads.forward_with_given_boxes(features, [proposals])
     assert semantic_logits is None
     assert out.pred_masks.shape == (2, 1, 112, 112)

@@ -1,5 +1,5 @@
-"""detectron2's multi-level ROIPooler running this project's RoIAlign op, with a choice of the rule that
-assigns boxes to FPN levels."""
+"""detectron2's multi-level ROIPooler with a choice of the rule that assigns boxes to FPN levels, and
+the swap of its RoIAlign levels for this project's op."""
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -48,15 +48,16 @@ def assign_boxes_by_image_ratio(
 
 
 class ROIPooler(d2_poolers.ROIPooler):
-    """detectron2's ROIPooler with this project's RoIAlign and a selectable level-assignment rule:
-    "area" (Mask R-CNN, FPN paper Eq. 1) or "ratio" (CenterMask Eq. 2, needs the image sizes)."""
+    """detectron2's ROIPooler with a selectable level-assignment rule: "area" (Mask R-CNN, FPN paper
+    Eq. 1) or "ratio" (CenterMask Eq. 2, needs the image sizes). Its levels run detectron2's RoIAlign
+    until use_instseg_roi_align swaps in this project's op (instseg.modeling.with_roi_align_impl
+    does so where MODEL.ROI_ALIGN_IMPL says)."""
 
-    def __init__(self, *args, assign_criterion: str = "area", roi_align_impl: str = "instseg", **kwargs):
+    def __init__(self, *args, assign_criterion: str = "area", **kwargs):
         """Arguments as detectron2's ROIPooler, plus:
 
         Args:
             assign_criterion: "area" or "ratio".
-            roi_align_impl: "instseg" (csrc op) or "detectron2".
         """
         super().__init__(*args, **kwargs)
         if assign_criterion not in ASSIGN_CRITERIA:
@@ -64,8 +65,6 @@ class ROIPooler(d2_poolers.ROIPooler):
                 f"assign criterion (MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION) must be one of {ASSIGN_CRITERIA}, got {assign_criterion!r}"
             )
         self.assign_criterion = assign_criterion
-        if roi_align_impl == "instseg":
-            use_instseg_roi_align(self)
 
     def forward(
         self, x: List[Tensor], box_lists: List[Boxes], image_sizes: Optional[List[Tuple[int, int]]] = None
