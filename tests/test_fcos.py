@@ -1,14 +1,19 @@
 """FCOS, shared by BlendMask and CenterMask: locations, target assignment on hand-made boxes,
-centerness, losses, decoding and NMS, and AdelaiDet/centermask2 parameter names."""
+centerness, losses, decoding and NMS, AdelaiDet/centermask2 parameter names, its registration as the
+proposal generator "FCOS", and detections_as_proposals."""
 import math
 
 import torch
 from detectron2.layers import ShapeSpec
-from detectron2.structures import Boxes, Instances
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.modeling.proposal_generator import build_proposal_generator
+from detectron2.structures import Boxes, ImageList, Instances
 
 from instseg.config import get_project_cfg
+from instseg.modeling import detections_as_proposals
 from instseg.modeling.fcos import FCOS, FCOSPredictions
 from instseg.modeling.fcos.targets import INF, assign_locations, centerness_targets, compute_locations
+from instseg.modeling.proposals import SCORE_EPS
 
 
 def test_compute_locations_are_cell_centres():
@@ -243,3 +248,58 @@ def test_detections_per_image_bounds_the_test_detections():
     assert count(post_nms_topk=3, detections_per_image=1) == 1  # and the bound cuts the tie of 0.6
     assert count(post_nms_topk=1, detections_per_image=1, training=True) == 2  # training: ties, no bound
     assert count(post_nms_topk=3, detections_per_image=0) == 3  # <= 0: no bound
+
+
+def _two_images_gt():
+    gt = []
+    for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):
+        inst = Instances((128, 128))
+        inst.gt_boxes = Boxes(torch.tensor(boxes))
+        inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+        gt.append(inst)
+    return gt
+
+
+def test_fcos_is_the_proposal_generator_named_fcos():
+    assert PROPOSAL_GENERATOR_REGISTRY.get("FCOS") is FCOS
+    cfg = get_project_cfg()
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "FCOS"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    shapes = {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(3, 8)}
+    assert type(build_proposal_generator(cfg, shapes)) is FCOS
+
+
+def test_detections_as_proposals_logit_inverts_sigmoid_and_clamps():
+    scores = torch.tensor([0.0, 1e-9, 0.01, 0.25, 0.5, 0.9, 1.0 - 1e-9, 1.0])
+    det = Instances((10, 20))
+    det.pred_boxes = Boxes(torch.arange(32, dtype=torch.float32).reshape(8, 4))
+    det.scores = scores
+    det.pred_classes = torch.zeros(8, dtype=torch.int64)
+    det.location_inds = torch.arange(8)
+    (proposal,) = detections_as_proposals([det])
+    assert proposal.image_size == (10, 20)
+    assert set(proposal.get_fields()) == {"proposal_boxes", "objectness_logits"}
+    assert proposal.proposal_boxes is det.pred_boxes
+    logits = proposal.objectness_logits
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits.sigmoid()[2:6], scores[2:6])  # sigmoid(logit(s)) == s
+    # 0 and 1 (and what is nearer to them than eps) clamp to logit(eps) and logit(1 - eps)
+    eps = torch.tensor(SCORE_EPS)
+    assert SCORE_EPS == 1e-6  # centermask2's
+    low, high = torch.logit(eps).item(), torch.logit(1 - eps).item()
+    assert logits[:2].tolist() == [low, low] and logits[6:].tolist() == [high, high]
+    assert (logits[1:] >= logits[:-1]).all()  # the order of the scores
+    assert detections_as_proposals([]) == []
+
+
+def test_training_forward_returns_the_detections_as_proposals():
+    fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0).train()
+    features = _features(fcos)
+    images = ImageList(torch.zeros(2, 3, 128, 128), [(128, 128), (120, 128)])
+    proposals, losses = fcos(images, features, _two_images_gt())
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}
+    expected = detections_as_proposals(fcos.detect(fcos.predict(features), images.image_sizes))
+    for ours, theirs in zip(proposals, expected):
+        assert set(ours.get_fields()) == {"proposal_boxes", "objectness_logits"}
+        assert torch.equal(ours.proposal_boxes.tensor, theirs.proposal_boxes.tensor)
+        assert torch.equal(ours.objectness_logits, theirs.objectness_logits)

@@ -1,7 +1,8 @@
 """FCOS (Tian et al., ICCV 2019), the anchor-free one-stage detector under BlendMask and CenterMask.
 
 Registered as a detectron2 proposal generator named "FCOS". Through ``forward`` it serves
-GeneralizedRCNN (CenterMask: its detections are the RoI heads' proposals); BlendMask calls the
+GeneralizedRCNN (CenterMask: its detections, turned into proposals by
+instseg.modeling.proposals.detections_as_proposals, are the RoI heads' proposals); BlendMask calls the
 steps (``predict``, ``losses``, ``detect``) itself to get per-location attentions and positives.
 
 Shape legend: N images, L locations of an image over all levels, K classes, D top-module channels,
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 
 from ...layers.conv_at import conv2d_at
 from ..backbone import feature_shapes
+from ..proposals import detections_as_proposals
 from .head import FCOSHead
 from .targets import assign_locations, centerness_targets, compute_locations, size_ranges
 
@@ -188,13 +190,7 @@ class FCOS(nn.Module):
         if not self.training:
             return detections, {}
         losses, _ = self.losses(predictions, gt_instances)
-        proposals = []
-        for det in detections:
-            proposal = Instances(det.image_size)
-            proposal.proposal_boxes = det.pred_boxes
-            proposal.objectness_logits = torch.logit(det.scores, eps=1e-6)
-            proposals.append(proposal)
-        return proposals, losses
+        return detections_as_proposals(detections), losses
 
     def predict(self, features: Dict[str, Tensor], top_layer: Optional[nn.Conv2d] = None) -> FCOSPredictions:
         """Run the head on the FPN levels. `top_layer`: a conv on the box-tower output whose result
