@@ -154,6 +154,12 @@ BlendGeometry<T> geometry(
           static_cast<T>(scale), static_cast<int>(sampling_ratio), aligned, bilinear};
 }
 
+// Half and bfloat16 have no CPU kernels of their own: they are blended in float32 (the CUDA kernels'
+// opmath type) and the results rounded once to the inputs' dtype.
+bool is_reduced_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
 at::Tensor blend_forward_cpu(
     const at::Tensor& bases,
     const at::Tensor& rois,
@@ -165,6 +171,12 @@ at::Tensor blend_forward_cpu(
     bool bilinear) {
   check_blend_args(bases, rois, attns, output_size);
   TORCH_CHECK(bases.is_cpu(), "blend: CPU kernel got a tensor on ", bases.device());
+  if (is_reduced_float(bases)) {
+    return blend_forward_cpu(
+               bases.to(at::kFloat), rois.to(at::kFloat), attns.to(at::kFloat), spatial_scale, output_size,
+               sampling_ratio, aligned, bilinear)
+        .to(bases.scalar_type());
+  }
   const int64_t num_boxes = rois.size(0);
   at::Tensor output = at::zeros({num_boxes, output_size, output_size}, bases.options());
   if (num_boxes == 0 || bases.size(2) == 0 || bases.size(3) == 0) {
@@ -210,6 +222,13 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
           grad.size(2) == output_size,
       "blend backward: grad must be (P, R, R) = (", rois.size(0), ", ", output_size, ", ",
       output_size, "), got ", grad.sizes());
+  if (is_reduced_float(bases)) {
+    TORCH_CHECK(grad.scalar_type() == bases.scalar_type(), "blend backward: grad must have the bases' dtype");
+    auto grads = blend_backward_cpu(
+        grad.to(at::kFloat), bases.to(at::kFloat), rois.to(at::kFloat), attns.to(at::kFloat), spatial_scale,
+        output_size, sampling_ratio, aligned, bilinear);
+    return {std::get<0>(grads).to(bases.scalar_type()), std::get<1>(grads).to(attns.scalar_type())};
+  }
   const int64_t num_boxes = rois.size(0);
   at::Tensor grad_attns = at::zeros_like(attns, at::MemoryFormat::Contiguous);
   if (num_boxes == 0 || bases.numel() == 0) {

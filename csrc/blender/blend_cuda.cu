@@ -149,6 +149,10 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cuda(
   TORCH_CHECK(
       grad.dim() == 3 && grad.size(0) == rois.size(0) && grad.size(1) == output_size && grad.size(2) == output_size,
       "blend backward: grad must be (P, R, R), got ", grad.sizes());
+  // the kernel scatters with atomic adds: the order of the sums, so the result's rounding, varies
+  // from run to run; torch.use_deterministic_algorithms(True) makes this an error (a warning with
+  // warn_only=True)
+  at::globalContext().alertNotDeterministic("blend_backward_cuda");
   c10::cuda::CUDAGuard device_guard(bases.device());
   at::Tensor grad_bases = at::zeros_like(bases, at::MemoryFormat::Contiguous);
   at::Tensor grad_attns = at::zeros_like(attns, at::MemoryFormat::Contiguous);

@@ -32,6 +32,12 @@ at::Tensor zeros_in_format(at::IntArrayRef sizes, const at::TensorOptions& optio
   return at::empty(sizes, options, format).zero_();
 }
 
+// Half and bfloat16 have no CPU kernels of their own: they are pooled in float32 (the CUDA kernels'
+// opmath type) and the result rounded once to the input's dtype, keeping its memory format.
+bool is_reduced_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
 at::Tensor roi_align_forward_cpu(
     const at::Tensor& input,
     const at::Tensor& rois,
@@ -42,6 +48,12 @@ at::Tensor roi_align_forward_cpu(
     bool aligned) {
   check_roi_align_args(input, rois, pooled_height, pooled_width);
   TORCH_CHECK(input.is_cpu(), "roi_align: CPU kernel got a tensor on ", input.device());
+  if (is_reduced_float(input)) {
+    return roi_align_forward_cpu(
+               input.to(at::kFloat), rois.to(at::kFloat), spatial_scale, pooled_height, pooled_width,
+               sampling_ratio, aligned)
+        .to(input.scalar_type());
+  }
   const int64_t num_rois = rois.size(0);
   const int64_t channels = input.size(1);
   const int height = input.size(2);
@@ -108,6 +120,12 @@ at::Tensor roi_align_backward_cpu(
     bool aligned) {
   TORCH_CHECK(grad.is_cpu() && rois.is_cpu(), "roi_align backward: CPU kernel got a non-CPU tensor");
   check_roi_align_backward_args(grad, rois, channels, pooled_height, pooled_width);
+  if (is_reduced_float(grad)) {
+    return roi_align_backward_cpu(
+               grad.to(at::kFloat), rois.to(at::kFloat), spatial_scale, pooled_height, pooled_width,
+               batch_size, channels, height, width, sampling_ratio, aligned)
+        .to(grad.scalar_type());
+  }
   // the gradient of a channels-last output (the input was channels-last) is channels-last too
   const bool channels_last = is_channels_last(grad);
   at::Tensor grad_input =

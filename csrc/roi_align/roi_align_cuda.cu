@@ -166,6 +166,10 @@ at::Tensor roi_align_backward_cuda(
   at::CheckedFrom c = "roi_align_backward_cuda";
   at::checkAllSameGPU(c, {{grad, "grad", 1}, {rois, "rois", 2}});
   check_roi_align_backward_args(grad, rois, channels, pooled_height, pooled_width);
+  // the kernel scatters with atomic adds: the order of the sums, so the result's rounding, varies
+  // from run to run; torch.use_deterministic_algorithms(True) makes this an error (a warning with
+  // warn_only=True)
+  at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   c10::cuda::CUDAGuard device_guard(grad.device());
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
   if (grad.numel() == 0 || grad_input.numel() == 0) {

@@ -7,7 +7,9 @@ For each box p and pixel (y, x) of its R x R mask:
 
 Shape legend: N images, K bases, H x W the bases' map, P boxes, A x A attentions, R x R masks.
 The fused op never materialises the (P, K, R, R) crops and resized attentions; its backward
-recomputes them from the inputs.
+recomputes them from the inputs. Double backward raises; float16 and bfloat16 are computed in
+float32; the CUDA backward adds with atomics, so under ``torch.use_deterministic_algorithms(True)``
+it raises. The output size is a SymInt (``torch.compile(dynamic=True)``, ``torch.export``).
 """
 import torch
 import torchvision
@@ -17,6 +19,7 @@ from torch.nn import functional as F
 import instseg._C  # noqa: F401  (loads the extension: registers the ops' CPU/CUDA kernels)
 
 from .autocast import register_float32_autocast
+from .roi_align import register_no_double_backward
 
 __all__ = ["ATTN_INTERPS", "blend", "blend_reference"]
 
@@ -49,6 +52,7 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("instseg::blend", _backward, setup_context=_setup_context)
+register_no_double_backward("blend")
 register_float32_autocast("blend")
 
 

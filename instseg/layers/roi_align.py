@@ -3,8 +3,12 @@
 Shape legend: N images, C channels, H x W feature map, K boxes, PH x PW output bins.
 
 The op is registered with ``TORCH_LIBRARY``; this module adds its autograd formula (the backward is
-the registered op ``instseg::_roi_align_backward``), fake kernels so that ``torch.compile`` and
-``torch.export`` can trace it, and its autocast kernels (float32 inside, see autocast.py).
+the registered op ``instseg::_roi_align_backward``, whose own backward, a double backward, raises),
+fake kernels so that ``torch.compile`` (also with ``dynamic=True``: the sizes are SymInt) and
+``torch.export`` can trace it, and its autocast kernels (float32 inside, see autocast.py). Dtypes:
+float32 and float64; float16 and bfloat16 too, computed in float32 (on CPU the kernel casts, on CUDA
+it accumulates in float32). The CUDA backward adds with atomics, so under
+``torch.use_deterministic_algorithms(True)`` it raises (the CPU kernels are deterministic).
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -72,7 +76,24 @@ def _backward(ctx, grad):
     return grad_input, None, None, None, None, None, None
 
 
+def register_no_double_backward(opname: str) -> None:
+    """Give the backward op ``instseg::_<opname>_backward`` an autograd formula that raises: its
+    own derivative (a double backward, e.g. the gradient of ``autograd.grad(..., create_graph=True)``)
+    is not implemented, and without this the autograd fallback would only warn and return a
+    silently wrong (missing) gradient."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"instseg::{opname}: double backward is not supported (the gradient of its gradient, "
+            "e.g. backward through the result of torch.autograd.grad(..., create_graph=True)); "
+            f"use torchvision's or a plain PyTorch composition of {opname} for higher-order gradients"
+        )
+
+    torch.library.register_autograd(f"instseg::_{opname}_backward", backward)
+
+
 torch.library.register_autograd("instseg::roi_align", _backward, setup_context=_setup_context)
+register_no_double_backward("roi_align")
 register_float32_autocast("roi_align")
 
 
