@@ -1,9 +1,13 @@
 """The fused blender op against its plain PyTorch + torchvision composition, float64 gradcheck,
-torch.library.opcheck, empty inputs, boxes at and beyond the borders, and its errors."""
+torch.library.opcheck, empty inputs, boxes at and beyond the borders, and its errors; the shared op
+tester's matrix (tests/layers/op_tester.py: dtypes x devices x memory layouts, opcheck of the forward
+and backward ops, torch.compile, torch.export, autocast, determinism, double backward) in
+TestBlendOp."""
 import itertools
 
 import pytest
 import torch
+from op_tester import OpCase, OpTester
 
 from instseg.layers import blend, blend_reference
 
@@ -137,3 +141,49 @@ def test_clear_errors(change, message):
 def test_bad_interpolation_mode():
     with pytest.raises(ValueError, match="attn_interp"):
         blend(*make_inputs(3), 0.25, 8, attn_interp="bicubic")
+
+
+# ---- the shared op tester ------------------------------------------------------------------------
+
+BLEND_PARAMS = (0.25, 5, 2, True, True)  # spatial_scale, output_size, sampling_ratio, aligned, bilinear
+
+
+def _blend_inputs(seed, scale):
+    """(2, 4, 6s, 9s) bases at stride 4, 3s + 4 boxes (with the special ones) of 3 x 3 attentions (no
+    two sizes alike, else torch.compile's duck sizing would take them equal)."""
+    return make_inputs(3 * scale, torch.float64, seed, bases_hw=(6 * scale, 9 * scale), attn=3)
+
+
+def _blend_reference(bases, rois, attns):
+    spatial_scale, output_size, sampling_ratio, aligned, bilinear = BLEND_PARAMS
+    interp = "bilinear" if bilinear else "nearest"
+    return blend_reference(bases, rois, attns, spatial_scale, output_size, sampling_ratio, aligned, interp)
+
+
+class TestBlendOp(OpTester):
+    case = OpCase(
+        name="blend",
+        make_inputs=_blend_inputs,
+        params=BLEND_PARAMS,
+        differentiable=(0, 2),
+        reference=_blend_reference,
+        backward_args=lambda tensors, grad: (grad, *tensors, *BLEND_PARAMS),
+        per_box=(1, 2),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_cpu_is_float32_rounded_once(dtype):
+    """CPU float16/bfloat16: computed by the float32 kernel and rounded once."""
+    bases, rois, attns = (t.to(dtype) for t in _blend_inputs(12, 1))
+    bases.requires_grad_()
+    attns.requires_grad_()
+    out = blend(bases, rois, attns, 0.25, 5, 2)
+    b32, a32 = (t.detach().float().requires_grad_() for t in (bases, attns))
+    expected = blend(b32, rois.float(), a32, 0.25, 5, 2)
+    assert out.dtype == dtype and torch.equal(out, expected.to(dtype))
+    grad = torch.randn(out.shape).to(dtype)
+    out.backward(grad)
+    expected.backward(grad.float())
+    assert bases.grad.dtype == dtype and torch.equal(bases.grad, b32.grad.to(dtype))
+    assert attns.grad.dtype == dtype and torch.equal(attns.grad, a32.grad.to(dtype))

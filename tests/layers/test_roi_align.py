@@ -1,11 +1,14 @@
 """instseg's RoIAlign op against torchvision.ops.roi_align (an independent implementation), hand-computed
-values, float64 gradcheck, torch.library.opcheck, and its error messages."""
+values, float64 gradcheck, torch.library.opcheck, and its error messages; the shared op tester's
+matrix (tests/layers/op_tester.py: dtypes x devices x memory layouts, opcheck of the forward and
+backward ops, torch.compile, torch.export, autocast, determinism, double backward) in TestRoIAlignOp."""
 import itertools
 
 import pytest
 import torch
 import torchvision
 from helpers import is_channels_last
+from op_tester import OpCase, OpTester
 
 from instseg.layers import ROIAlign, roi_align
 
@@ -290,3 +293,85 @@ def test_error_on_mixed_devices():
 def test_error_on_non_positive_output_size():
     with pytest.raises(RuntimeError, match="output size must be positive"):
         roi_align(torch.randn(1, 1, 4, 4), torch.zeros(1, 5), (0, 2))
+
+
+# ---- the shared op tester ------------------------------------------------------------------------
+
+ROI_ALIGN_PARAMS = (0.5, 3, 4, 2, True)  # spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+
+
+def _roi_align_inputs(seed, scale):
+    """A (2, 3, 8s, 9s + 1) map at stride 2 and 6s boxes, some of them across or beyond its borders."""
+    g = torch.Generator().manual_seed(seed)
+    height, width = 8 * scale, 9 * scale + 1
+    x = torch.randn(2, 3, height, width, generator=g, dtype=torch.float64)
+    rois = torch.cat([random_rois(6 * scale - 3, 2 * height, 2 * width, 2, torch.float64, seed, margin=0.2),
+                      special_rois(2 * height, 2 * width, torch.float64)[[0, 2, 6]]])
+    return x, rois
+
+
+def _roi_align_reference(x, rois):
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ROI_ALIGN_PARAMS
+    return torchvision.ops.roi_align(x, rois, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
+
+
+def _roi_align_backward_args(tensors, grad):
+    x, rois = tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ROI_ALIGN_PARAMS
+    return (grad, rois, spatial_scale, pooled_height, pooled_width, *x.shape, sampling_ratio, aligned)
+
+
+class TestRoIAlignOp(OpTester):
+    case = OpCase(
+        name="roi_align",
+        make_inputs=_roi_align_inputs,
+        params=ROI_ALIGN_PARAMS,
+        differentiable=(0,),
+        reference=_roi_align_reference,
+        backward_args=_roi_align_backward_args,
+        per_box=(1,),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_half_precision_on_cpu_is_float32_rounded_once(dtype, memory_format):
+    """CPU float16/bfloat16: computed by the float32 kernel and rounded once, keeping the memory format
+    (channels-last in, channels-last out and input gradient)."""
+    x, rois = _roi_align_inputs(11, 1)
+    x = x.to(dtype).contiguous(memory_format=memory_format).requires_grad_()
+    rois = rois.to(dtype)
+    out = roi_align(x, rois, (3, 4), 0.5, 2, True)
+    x32 = x.detach().float().requires_grad_()
+    expected = roi_align(x32, rois.float(), (3, 4), 0.5, 2, True)
+    assert out.dtype == dtype and torch.equal(out, expected.to(dtype))
+    assert out.is_contiguous(memory_format=memory_format)
+    grad = torch.randn(out.shape).to(dtype).contiguous(memory_format=memory_format)
+    out.backward(grad)
+    expected.backward(grad.float())
+    assert x.grad.dtype == dtype and torch.equal(x.grad, x32.grad.to(dtype))
+    assert x.grad.is_contiguous(memory_format=memory_format)
+
+
+def test_compile_dynamic_output_size_is_symbolic():
+    """The pooled sizes are SymInt in the schema: an output size computed from a dynamic shape is traced
+    as a symbol, so that another size runs the same graph (aot_eager, forward and backward)."""
+    torch._dynamo.reset()
+
+    def fn(x, rois):
+        return torch.ops.instseg.roi_align(x, rois, 1.0, x.size(2) // 2, x.size(3) // 2, 2, True)
+
+    compiled = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    for i, (height, width) in enumerate([(8, 10), (12, 6)]):
+        x = torch.randn(2, 3, height, width, requires_grad=True)
+        rois = random_rois(5, height, width, 2, seed=i)
+        with torch.compiler.set_stance("fail_on_recompile" if i else "default"):
+            out = compiled(x, rois)
+        assert out.shape == (5, 3, height // 2, width // 2)
+        x_ref = x.detach().clone().requires_grad_()
+        ref = fn(x_ref, rois)
+        torch.testing.assert_close(out, ref)
+        out.sum().backward()
+        ref.sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad)
+    torch._dynamo.reset()
