@@ -89,25 +89,29 @@ class Blender:
         attn = attn.reshape(-1, self.num_bases, self.attn_size, self.attn_size)
         return self.blend(bases, boxes_for(bases, rois), attn.to(bases.dtype), *self.op_args)
 
-    def losses(self, bases: Tensor, positives: FCOSPositives, gt_instances: List[Instances]) -> Dict[str, Tensor]:
+    def losses(
+        self, bases: Tensor, positives: FCOSPositives, attentions: Tensor, gt_instances: List[Instances]
+    ) -> Dict[str, Tensor]:
         """
         Args:
             bases: (N, K, H, W).
-            positives: the FCOS positives of the batch (with top_feats: their attentions).
+            positives: the FCOS positives of the batch.
+            attentions: (P, K * A * A) those of the positives.
             gt_instances: per image, gt_boxes and gt_masks.
         """
         if len(positives.gt_inds) == 0:
-            return {"loss_mask": bases.sum() * 0 + positives.top_feats.sum() * 0}
+            return {"loss_mask": bases.sum() * 0 + attentions.sum() * 0}
         boxes = torch.cat([gt.gt_boxes.tensor for gt in gt_instances])
         offsets = torch.tensor([0] + [len(gt) for gt in gt_instances], device=bases.device).cumsum(0)
         gt_index = offsets[positives.image_inds] + positives.gt_inds
         targets = crop_gt_masks(gt_instances, "gt_boxes", self.output_size)[gt_index].to(bases)
-        logits = self._masks(bases, positives.image_inds, boxes[gt_index], positives.top_feats)
+        logits = self._masks(bases, positives.image_inds, boxes[gt_index], attentions)
         per_box = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=(1, 2))
         return {"loss_mask": (per_box * positives.ctrness_targets).sum() / positives.loss_denorm}
 
     def predict(self, bases: Tensor, detections: List[Instances]) -> None:
-        """Sets pred_masks, (n, 1, R, R) mask probabilities, on each image's detections."""
+        """Sets pred_masks, (n, 1, R, R) mask probabilities, on each image's detections, which carry
+        their attentions as top_feat (n, K * A * A)."""
         image_inds = cat([torch.full((len(d),), i, device=bases.device) for i, d in enumerate(detections)])
         boxes = cat([d.pred_boxes.tensor for d in detections])
         attn = cat([d.top_feat for d in detections])

@@ -1,8 +1,10 @@
 """BlendMask: semantic targets from instance masks, AdelaiDet parameter names, the blender's loss with
-either implementation, and a training step + inference of a small model."""
+either implementation, a training step + inference of a small model, FCOS built by
+MODEL.PROPOSAL_GENERATOR.NAME, and the attentions BlendMask computes at FCOS's positives and
+detections."""
 import pytest
 import torch
-from detectron2.modeling import build_model
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, build_model
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
@@ -115,3 +117,92 @@ def test_the_blender_crops_the_boxes_nms_kept(two_box_batch, monkeypatch, clip):
     assert len(boxes) > 0 and bool(inside.all()) == clip
     drawn = out["instances"].pred_boxes.tensor
     assert len(drawn) > 0 and bool(((drawn >= 0) & (drawn <= 128)).all())
+
+
+def _dense_attentions(model, predictions):
+    """The top layer run densely on FCOS's box tower: (N, L, K * A * A) in FCOS's location order."""
+    d = model.top_layer.out_channels
+    return torch.cat(
+        [model.top_layer(f).permute(0, 2, 3, 1).reshape(f.shape[0], -1, d) for f in predictions.box_tower], dim=1
+    )
+
+
+def test_attentions_at_the_positives_and_detections_are_the_dense_top_layer_there(two_box_batch, monkeypatch):
+    """BlendMask computes its attentions itself, at the locations FCOS's positives (training) and
+    kept detections (inference) report: the dense top layer's values there."""
+    torch.manual_seed(0)
+    model = build_model(build_config(SHAPES, ["MODEL.BLENDMASK.BLENDER_IMPL", "reference"]))
+    predictions_seen, blended = [], []
+    predict = model.proposal_generator.predict
+
+    def recording_predict(features, **kwargs):
+        predictions_seen.append(predict(features, **kwargs))
+        return predictions_seen[-1]
+
+    monkeypatch.setattr(model.proposal_generator, "predict", recording_predict)
+    losses = model.blender.losses
+
+    def recording_losses(bases, positives, attentions, gt_instances):
+        blended.append((positives, attentions))
+        return losses(bases, positives, attentions, gt_instances)
+
+    monkeypatch.setattr(model.blender, "losses", recording_losses)
+    model.train()
+    with EventStorage():
+        model(two_box_batch * 2)
+    (pred,) = predictions_seen
+    assert pred.box_tower is not None and len(pred.box_tower) == len(pred.level_sizes)
+    ((positives, attentions),) = blended
+    assert len(positives.loc_inds) > 0
+    dense = _dense_attentions(model, pred)
+    torch.testing.assert_close(attentions, dense[positives.image_inds, positives.loc_inds])
+
+    model.eval()
+    fcos_boxes_across_borders(model.proposal_generator)
+    predictions_seen.clear()
+    detections_seen = []
+    blender_predict = model.blender.predict
+    monkeypatch.setattr(
+        model.blender, "predict", lambda bases, dets: detections_seen.append(dets) or blender_predict(bases, dets)
+    )
+    with torch.no_grad():
+        outputs = model(two_box_batch * 2)
+        (pred,) = predictions_seen
+        dense = _dense_attentions(model, pred)
+    (detections,) = detections_seen
+    for i, (det, out) in enumerate(zip(detections, outputs)):
+        assert len(det) > 0
+        assert torch.equal(det.fpn_levels, pred.levels[det.location_inds])
+        torch.testing.assert_close(det.top_feat, dense[i, det.location_inds])
+        torch.testing.assert_close(out["instances"].top_feat, det.top_feat)
+
+
+def test_top_layer_is_blendmasks_and_fcos_holds_none():
+    """Released AdelaiDet checkpoints keep loading: the top layer stays top_layer.* (BlendMask's, as in
+    AdelaiDet), not a part of FCOS's head."""
+    keys = build_model(build_config(SHAPES)).state_dict()
+    assert {k for k in keys if "top_layer" in k} == {"top_layer.weight", "top_layer.bias"}
+    assert not any(k.startswith("proposal_generator.") and "top" in k.split(".", 1)[1] for k in keys)
+
+
+def test_fcos_is_built_by_proposal_generator_name():
+    from instseg.modeling import FCOS
+
+    model = build_model(build_config(SHAPES))
+    assert type(model.proposal_generator) is FCOS
+    cfg = build_config(SHAPES)
+    assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "FCOS"
+    # a subclass registered under its own name is what that name builds
+    class TestFCOSSubclass(FCOS):
+        pass
+
+    PROPOSAL_GENERATOR_REGISTRY.register(TestFCOSSubclass)
+    try:
+        model = build_model(build_config(SHAPES, ["MODEL.PROPOSAL_GENERATOR.NAME", "TestFCOSSubclass"]))
+        assert type(model.proposal_generator) is TestFCOSSubclass
+    finally:
+        PROPOSAL_GENERATOR_REGISTRY._obj_map.pop("TestFCOSSubclass")
+    with pytest.raises(KeyError, match="No object named 'FCOSS' found in 'PROPOSAL_GENERATOR' registry"):
+        build_model(build_config(SHAPES, ["MODEL.PROPOSAL_GENERATOR.NAME", "FCOSS"]))
+    with pytest.raises(ValueError, match="BlendMask runs on FCOS: MODEL.PROPOSAL_GENERATOR.NAME must be 'FCOS'.*'RPN'"):
+        build_model(build_config(SHAPES, ["MODEL.PROPOSAL_GENERATOR.NAME", "RPN"]))

@@ -1,10 +1,12 @@
-"""conv2d_at (a conv evaluated at chosen positions only) and FCOS's top features built on it (at any
-location, at the positives of the losses, at the detections), against the dense conv."""
+"""conv2d_at (a conv evaluated at chosen positions only) and BlendMask's top layer evaluated with it on
+FCOS's box tower (at any location, at the positives of the losses, at the detections), against the
+dense conv."""
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
+from blendmask.blendmask import attentions_at
 from instseg.layers.conv_at import conv2d_at
 from instseg.modeling.fcos import FCOS
 from instseg.modeling.fcos.targets import assign_locations
@@ -39,29 +41,29 @@ def test_conv2d_at_rejects_convs_it_does_not_compute(conv):
         conv2d_at(conv, torch.zeros(1, 2, 4, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
 
 
-def test_fcos_top_feats_at_any_location_equal_the_dense_top_layer():
+def test_top_layer_at_any_fcos_location_equals_the_dense_top_layer():
     torch.manual_seed(0)
     fcos: FCOS = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
     top_layer = nn.Conv2d(32, 5, 3, padding=1)
     features = _features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
-    pred = fcos.predict(features, top_layer)
+    pred = fcos.predict(features, keep_box_tower=True)
     dense = torch.cat(
-        [top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_feats], dim=1
+        [top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_tower], dim=1
     )  # (N, L, D) in FCOS's location order
     num_locations = dense.shape[1]
     image_inds = torch.tensor([0, 1, 1, 0, 1, 0])
     loc_inds = torch.tensor([0, num_locations - 1, 256 + 15, 256 + 63, 320 + 5, 336 + 2])
     assert pred.levels[loc_inds].tolist() == [0, 4, 1, 1, 2, 3]
-    torch.testing.assert_close(pred.top_feats_at(image_inds, loc_inds), dense[image_inds, loc_inds])
-    assert fcos.predict(features).top_feats_at(image_inds, loc_inds) is None
+    torch.testing.assert_close(attentions_at(top_layer, pred, image_inds, loc_inds), dense[image_inds, loc_inds])
+    assert fcos.predict(features).box_tower is None  # kept on request only
 
 
-def test_fcos_positives_and_detections_carry_the_dense_top_layer_at_their_locations():
+def test_top_layer_at_fcos_positives_and_detections_equals_the_dense_top_layer():
     torch.manual_seed(0)
     fcos: FCOS = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0)
     top_layer = nn.Conv2d(32, 5, 3, padding=1)
-    pred = fcos.predict(_features(fcos), top_layer)
-    dense = torch.cat([top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_feats], dim=1)
+    pred = fcos.predict(_features(fcos), keep_box_tower=True)
+    dense = torch.cat([top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_tower], dim=1)
     gt = []
     for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):
         inst = Instances((128, 128))
@@ -75,7 +77,9 @@ def test_fcos_positives_and_detections_carry_the_dense_top_layer_at_their_locati
         for g in gt
     ])
     pos_image, pos_loc = torch.nonzero(labels != 3, as_tuple=True)
-    torch.testing.assert_close(positives.top_feats, dense[pos_image, pos_loc])
+    torch.testing.assert_close(
+        attentions_at(top_layer, pred, positives.image_inds, positives.loc_inds), dense[pos_image, pos_loc]
+    )
 
     detections = fcos.detect(pred, [(128, 128)] * 2)
     for i, det in enumerate(detections):
@@ -84,4 +88,6 @@ def test_fcos_positives_and_detections_carry_the_dense_top_layer_at_their_locati
         same = (pred.locations[None] == det.locations[:, None]).all(dim=2) & (pred.levels[None] == det.fpn_levels[:, None])
         loc = same.int().argmax(dim=1)
         assert same.sum(dim=1).tolist() == [1] * len(det)
-        torch.testing.assert_close(det.top_feat, dense[i, loc])
+        assert det.location_inds.tolist() == loc.tolist()
+        attentions = attentions_at(top_layer, pred, torch.full_like(loc, i), det.location_inds)
+        torch.testing.assert_close(attentions, dense[i, loc])

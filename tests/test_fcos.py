@@ -1,6 +1,8 @@
 """FCOS, shared by BlendMask and CenterMask: locations, target assignment on hand-made boxes,
-centerness, losses, decoding and NMS, AdelaiDet/centermask2 parameter names, its registration as the
-proposal generator "FCOS", and detections_as_proposals."""
+centerness, losses, decoding and NMS, AdelaiDet/centermask2 parameter names, its generic outputs
+(where positives and detections lie, the box tower on request), its registration as the proposal
+generator "FCOS", and detections_as_proposals."""
+import dataclasses
 import math
 
 import torch
@@ -11,7 +13,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from instseg.config import get_project_cfg
 from instseg.modeling import detections_as_proposals
-from instseg.modeling.fcos import FCOS, FCOSPredictions
+from instseg.modeling.fcos import FCOS, FCOSPositives, FCOSPredictions
 from instseg.modeling.fcos.targets import INF, assign_locations, centerness_targets, compute_locations
 from instseg.modeling.proposals import SCORE_EPS
 
@@ -258,6 +260,64 @@ def _two_images_gt():
         inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
         gt.append(inst)
     return gt
+
+
+def test_fcos_outputs_hold_no_method_state():
+    """FCOS's outputs are generic: no top layer, no attentions (BlendMask computes its own)."""
+    assert {f.name for f in dataclasses.fields(FCOSPredictions)} == {
+        "logits", "box_reg", "ctrness", "locations", "strides", "levels", "ranges", "level_sizes", "box_tower",
+    }
+    assert {f.name for f in dataclasses.fields(FCOSPositives)} == {
+        "image_inds", "gt_inds", "loc_inds", "ctrness_targets", "loss_denorm",
+    }
+    fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
+    assert not any("top" in name for name, _ in fcos.named_modules())
+
+
+def test_predictions_say_where_each_location_lies_and_keep_the_box_tower_on_request():
+    fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
+    features = _features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
+    pred = fcos.predict(features)
+    assert pred.level_sizes == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert pred.box_tower is None
+    loc_inds = torch.arange(len(pred.locations))
+    levels, ys, xs = pred.positions(loc_inds)
+    assert torch.equal(levels, pred.levels)
+    # (y, x) in the level's map is the cell whose centre is the location
+    strides = torch.tensor(fcos.strides)[levels]
+    assert torch.equal(torch.stack([xs, ys], dim=1) * strides[:, None] + (strides // 2)[:, None], pred.locations.long())
+    assert (ys < torch.tensor([h for h, _ in pred.level_sizes])[levels]).all()
+    kept = fcos.predict(features, keep_box_tower=True)
+    _, _, _, box_tower = fcos.fcos_head([features[f] for f in fcos.in_features])
+    assert len(kept.box_tower) == 5
+    for level, (ours, head) in enumerate(zip(kept.box_tower, box_tower)):
+        assert ours.shape == (2, 32, *pred.level_sizes[level])
+        torch.testing.assert_close(ours, head)
+        # a per-level output at positions(...) is the flattened output at the flat index
+        flat = ours.permute(0, 2, 3, 1).reshape(2, -1, 32)
+        sel = torch.nonzero(levels == level, as_tuple=True)[0]
+        start = int(sel[0])
+        torch.testing.assert_close(ours[1, :, ys[sel], xs[sel]].T, flat[1, sel - start])
+
+
+def test_positives_and_detections_carry_their_location_indices():
+    fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0)
+    pred = fcos.predict(_features(fcos))
+    gt = _two_images_gt()
+    _, positives = fcos.losses(pred, gt)
+    labels = torch.stack([
+        assign_locations(pred.locations, pred.strides, pred.ranges, g.gt_boxes.tensor, g.gt_classes, 3, 1.5).labels
+        for g in gt
+    ])
+    pos_image, pos_loc = torch.nonzero(labels != 3, as_tuple=True)
+    assert len(pos_loc) > 0
+    assert torch.equal(positives.image_inds, pos_image) and torch.equal(positives.loc_inds, pos_loc)
+    detections = fcos.detect(pred, [(128, 128)] * 2)
+    for det in detections:
+        assert len(det) > 0 and not det.has("top_feat")
+        assert det.location_inds.dtype == torch.int64
+        assert torch.equal(det.locations, pred.locations[det.location_inds])
+        assert torch.equal(det.fpn_levels, pred.levels[det.location_inds])
 
 
 def test_fcos_is_the_proposal_generator_named_fcos():

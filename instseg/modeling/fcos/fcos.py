@@ -1,15 +1,19 @@
 """FCOS (Tian et al., ICCV 2019), the anchor-free one-stage detector under BlendMask and CenterMask.
 
-Registered as a detectron2 proposal generator named "FCOS". Through ``forward`` it serves
+Registered as a detectron2 proposal generator named "FCOS" (MODEL.PROPOSAL_GENERATOR.NAME), which both
+methods build through detectron2's build_proposal_generator. Through ``forward`` it serves
 GeneralizedRCNN (CenterMask: its detections, turned into proposals by
 instseg.modeling.proposals.detections_as_proposals, are the RoI heads' proposals); BlendMask calls the
-steps (``predict``, ``losses``, ``detect``) itself to get per-location attentions and positives.
+steps (``predict``, ``losses``, ``detect``) itself. FCOS holds no state of either method: its positives
+and detections say where they lie (flat location index, FPN level; FCOSPredictions.positions gives the
+level's (y, x)) and, when asked, the predictions keep the box tower's per-level output, so that a
+caller evaluates its own per-location layers there (BlendMask's top layer: its attentions).
 
-Shape legend: N images, L locations of an image over all levels, K classes, D top-module channels,
+Shape legend: N images, L locations of an image over all levels, K classes, C head channels,
 P positive locations in the batch.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -21,7 +25,6 @@ from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...layers.conv_at import conv2d_at
 from ..backbone import feature_shapes
 from ..proposals import detections_as_proposals
 from .head import FCOSHead
@@ -30,7 +33,8 @@ from .targets import assign_locations, centerness_targets, compute_locations, si
 
 @dataclass
 class FCOSPredictions:
-    """Head outputs of a batch, flattened over levels in the order (level, y, x)."""
+    """Head outputs of a batch, flattened over levels in the order (level, y, x): a location's flat
+    index ("loc_inds", "location_inds") indexes the L dimension."""
 
     logits: Tensor  # (N, L, K)
     box_reg: Tensor  # (N, L, 4) distances (l, t, r, b) in strides
@@ -39,24 +43,23 @@ class FCOSPredictions:
     strides: Tensor  # (L,)
     levels: Tensor  # (L,) level index
     ranges: Tensor  # (L, 2) size range of the location's level
-    box_feats: Optional[List[Tensor]] = None  # per level (N, C, Hl, Wl) box-tower outputs, with a top layer
-    top_layer: Optional[nn.Conv2d] = None  # applied to box_feats, only where top_feats_at asks
+    level_sizes: Optional[List[Tuple[int, int]]] = None  # per level (Hl, Wl), as predict sets it
+    # per level (N, C, Hl, Wl) the box tower's output (what bbox_pred and ctrness read), with
+    # predict(keep_box_tower=True): for a caller's own per-location layers
+    box_tower: Optional[List[Tensor]] = None
 
-    def top_feats_at(self, image_inds: Tensor, loc_inds: Tensor) -> Optional[Tensor]:
-        """The top layer's output at locations ``loc_inds`` of images ``image_inds``: (P, D), or
-        None without a top layer. Only these locations are computed (see conv2d_at)."""
-        if self.top_layer is None:
-            return None
-        out = self.box_feats[0].new_empty((len(loc_inds), self.top_layer.out_channels))
+    def positions(self, loc_inds: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Where flat location indices lie in the per-level feature maps: (level, y, x), each like
+        ``loc_inds``; ``per_level[level][n, :, y, x]`` is the location's entry of a per-level output."""
+        if self.level_sizes is None:
+            raise ValueError("FCOSPredictions.positions needs level_sizes (FCOS.predict sets them)")
+        sizes = torch.tensor(self.level_sizes, dtype=torch.int64, device=loc_inds.device).reshape(-1, 2)
+        areas = sizes[:, 0] * sizes[:, 1]
+        starts = torch.cumsum(areas, 0) - areas
         levels = self.levels[loc_inds]
-        level_start = 0
-        for level, feat in enumerate(self.box_feats):
-            (sel,) = torch.nonzero(levels == level, as_tuple=True)
-            index = loc_inds[sel] - level_start
-            width = feat.shape[3]
-            out[sel] = conv2d_at(self.top_layer, feat, image_inds[sel], index // width, index % width)
-            level_start += feat.shape[2] * width
-        return out
+        index = loc_inds - starts[levels]
+        widths = sizes[levels, 1]
+        return levels, index // widths, index % widths
 
 
 @dataclass
@@ -65,8 +68,8 @@ class FCOSPositives:
 
     image_inds: Tensor  # (P,) image of each positive
     gt_inds: Tensor  # (P,) index of its ground-truth box within its image
+    loc_inds: Tensor  # (P,) its flat location index (FCOSPredictions' L dimension)
     ctrness_targets: Tensor  # (P,) centerness targets (BlendMask weights its mask loss with them)
-    top_feats: Optional[Tensor]  # (P, D)
     loss_denorm: Tensor  # () the normalizer of the box loss, averaged over processes
 
 
@@ -192,11 +195,11 @@ class FCOS(nn.Module):
         losses, _ = self.losses(predictions, gt_instances)
         return detections_as_proposals(detections), losses
 
-    def predict(self, features: Dict[str, Tensor], top_layer: Optional[nn.Conv2d] = None) -> FCOSPredictions:
-        """Run the head on the FPN levels. `top_layer`: a conv on the box-tower output whose result
-        positives and detections carry as top_feats (BlendMask's attentions)."""
+    def predict(self, features: Dict[str, Tensor], keep_box_tower: bool = False) -> FCOSPredictions:
+        """Run the head on the FPN levels. `keep_box_tower`: the predictions also hold the box
+        tower's per-level output (box_tower), for a caller's own layers at chosen locations."""
         feats = [features[f] for f in self.in_features]
-        logits, box_reg, ctrness, box_feats = self.fcos_head(feats)
+        logits, box_reg, ctrness, box_tower = self.fcos_head(feats)
         locations, strides, levels, ranges = [], [], [], []
         for level, (x, stride) in enumerate(zip(feats, self.strides)):
             loc = compute_locations(x.shape[2], x.shape[3], stride, x.device)
@@ -212,8 +215,8 @@ class FCOS(nn.Module):
             strides=cat(strides),
             levels=cat(levels),
             ranges=cat(ranges),
-            box_feats=box_feats if top_layer is not None else None,
-            top_layer=top_layer,
+            level_sizes=[(x.shape[2], x.shape[3]) for x in feats],
+            box_tower=box_tower if keep_box_tower else None,
         )
 
     def losses(self, pred: FCOSPredictions, gt_instances: List[Instances]):
@@ -260,8 +263,8 @@ class FCOS(nn.Module):
         positives = FCOSPositives(
             image_inds=pos_image,
             gt_inds=gt_inds,
+            loc_inds=pos_loc,
             ctrness_targets=ctr_targets,
-            top_feats=pred.top_feats_at(pos_image, pos_loc),
             loss_denorm=loss_denorm,
         )
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, positives
@@ -278,7 +281,8 @@ class FCOS(nn.Module):
         clipped, and empty ones dropped, before NMS.
 
         Returns per image Instances with pred_boxes, scores (sqrt(class score x centerness)),
-        pred_classes, locations, fpn_levels and, with a top layer, top_feat (D,).
+        pred_classes and where each was detected: locations (image coordinates (x, y)), fpn_levels and
+        location_inds (its flat location index, FCOSPredictions' L dimension).
         """
         training = self.training
         results = []
@@ -319,8 +323,7 @@ class FCOS(nn.Module):
             result.pred_classes = cls[keep]
             result.locations = pred.locations[loc]
             result.fpn_levels = pred.levels[loc]
-            if pred.top_layer is not None:
-                result.top_feat = pred.top_feats_at(torch.full_like(loc, i), loc)
+            result.location_inds = loc
             results.append(result)
         return results
 

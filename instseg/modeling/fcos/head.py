@@ -118,7 +118,8 @@ class FCOSHead(nn.Module):
         Returns:
             Four lists over levels: class logits (N, K, Hl, Wl); box distances (l, t, r, b) in
             units of the level's stride, >= 0, (N, 4, Hl, Wl); centerness logits (N, 1, Hl, Wl);
-            box-tower outputs (N, C, Hl, Wl) (BlendMask's top layer predicts attentions from them).
+            box-tower outputs (N, C, Hl, Wl) (what bbox_pred and ctrness read; FCOS.predict keeps them
+            on request, for a caller's own per-location layers).
         """
         logits, box_reg, ctrness, box_feats = [], [], [], []
         for level, x in enumerate(features):
