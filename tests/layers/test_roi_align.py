@@ -264,6 +264,25 @@ def test_autocast_pools_in_float32_with_unrounded_boxes():
     assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, x32.grad.bfloat16())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autocast_float16_pools_in_float32_with_unrounded_boxes():
+    """Under CUDA autocast (float16), as on CPU with bfloat16: float32 inside, float16 out, float32
+    boxes (ROIAlign keeps them unrounded under autocast), gradients through in float16."""
+    x = torch.randn(2, 3, 16, 16, device="cuda").half().requires_grad_()
+    rois = random_rois(6, 16, 16, 2).cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = ROIAlign(4, 1.0, 2)(x, rois)
+    assert out.dtype == torch.float16
+    x32 = x.detach().float().requires_grad_()
+    expected = roi_align(x32, rois, 4, 1.0, 2, True)
+    assert torch.equal(out, expected.half())
+    grad = torch.randn_like(expected).half()
+    out.backward(grad)
+    expected.backward(grad.float())
+    assert x.grad.dtype == torch.float16
+    torch.testing.assert_close(x.grad, x32.grad.half(), atol=1e-3, rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "make_args,message",
     [
