@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from instseg.layers import blend, blend_reference
+from instseg.layers import blend, blend_reference, rois_from_indices
 
 from .timing import PEAK_RSS_ENV, peak_memory_of, seconds_in_turns
 from .worker import run_worker
@@ -41,7 +41,7 @@ def make_inputs(num_boxes, device, seed=0):
     bases = torch.randn(1, num_bases, height // 4, width // 4, generator=g)
     size = 32 + torch.rand(num_boxes, 2, generator=g) * 320
     xy = torch.rand(num_boxes, 2, generator=g) * (torch.tensor([width, height]) - size)
-    rois = torch.cat([torch.zeros(num_boxes, 1), xy, xy + size], dim=1)
+    rois = rois_from_indices(torch.zeros(num_boxes), torch.cat([xy, xy + size], dim=1))
     attns = torch.randn(num_boxes, num_bases, attn, attn, generator=g)
     return bases.to(device), rois.to(device), attns.to(device)
 

@@ -13,7 +13,7 @@ import statistics
 import torch
 import torchvision
 
-from instseg.layers import roi_align
+from instseg.layers import roi_align, rois_from_indices
 
 from .timing import seconds_in_turns
 
@@ -35,8 +35,8 @@ def make_inputs(num_rois, channels, device, seed=0):
     features = torch.randn(2, channels, height // stride, width // stride, generator=g)
     size = 16 + torch.rand(num_rois, 2, generator=g) * 384
     xy = torch.rand(num_rois, 2, generator=g) * (torch.tensor([width, height]) - size)
-    batch = torch.randint(0, 2, (num_rois, 1), generator=g).float()
-    rois = torch.cat([batch, xy, xy + size], dim=1)
+    image_inds = torch.randint(0, 2, (num_rois,), generator=g)
+    rois = rois_from_indices(image_inds, torch.cat([xy, xy + size], dim=1))
     return features.to(device), rois.to(device), 1.0 / stride
 
 

@@ -16,7 +16,7 @@ from detectron2.structures import Instances
 from torch import Tensor
 from torch.nn import functional as F
 
-from instseg.layers import ATTN_INTERPS, blend, blend_reference, boxes_for
+from instseg.layers import ATTN_INTERPS, blend, blend_reference, boxes_for, rois_from_indices
 from instseg.modeling import FCOSPositives, crop_gt_masks
 
 from .config import BLENDER_IMPLS
@@ -85,7 +85,7 @@ class Blender:
         return self.num_bases * self.attn_size**2
 
     def _masks(self, bases: Tensor, image_inds: Tensor, boxes: Tensor, attn: Tensor) -> Tensor:
-        rois = torch.cat([image_inds[:, None].to(boxes.dtype), boxes], dim=1)
+        rois = rois_from_indices(image_inds, boxes)
         attn = attn.reshape(-1, self.num_bases, self.attn_size, self.attn_size)
         return self.blend(bases, boxes_for(bases, rois), attn.to(bases.dtype), *self.op_args)
 

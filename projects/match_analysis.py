@@ -92,7 +92,7 @@ def summarize(matches: list) -> dict:
 
 
 def results_file(run: str, dataset: str) -> str:
-    from benchmark import final_evaluation_dir
+    from benchmark.accuracy import final_evaluation_dir
     from instseg.engine import evaluation_dir
 
     # output folders of `python -m benchmark accuracy`'s evaluation of the final model, and of training

@@ -5,10 +5,10 @@ import torch
 from detectron2.layers import ROIAlign as D2ROIAlign
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler as D2ROIPooler
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
 
 from instseg.config import get_project_cfg
-from instseg.layers import ROIAlign
+from instseg.layers import ROIAlign, rois_from_boxes, rois_from_indices
 from instseg.layers.memory_format import is_channels_last, to_channels_last
 from instseg.modeling import build_mask_pooler, set_per_image, with_roi_align_impl
 
@@ -51,3 +51,12 @@ def test_build_mask_pooler_follows_the_config(impl, op):
     shapes["p3"] = ShapeSpec(channels=4, stride=8)
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.IN_FEATURES must share one width"):
         build_mask_pooler(cfg, shapes)
+
+
+def test_rois_from_boxes_and_from_indices_agree():
+    boxes = [torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.zeros(0, 4), Boxes(torch.tensor([[5.0, 6.0, 7.0, 8.0], [0.0, 0.0, 1.0, 1.0]]))]
+    rois = rois_from_boxes(boxes)
+    assert rois.tolist() == [[0, 1, 2, 3, 4], [2, 5, 6, 7, 8], [2, 0, 0, 1, 1]]
+    torch.testing.assert_close(rois, rois_from_indices(torch.tensor([0, 2, 2]), rois[:, 1:]))
+    assert rois_from_boxes([torch.zeros(0, 4, dtype=torch.float64)]).shape == (0, 5)
+    assert rois_from_boxes([torch.zeros(0, 4, dtype=torch.float64)]).dtype == torch.float64

@@ -10,6 +10,7 @@ from detectron2.structures import Boxes
 from torch import Tensor, nn
 
 from .roi_align import ROIAlign
+from .rois import rois_from_boxes
 
 ASSIGN_CRITERIA = ("area", "ratio")
 
@@ -82,7 +83,7 @@ class ROIPooler(d2_poolers.ROIPooler):
             return super().forward(x, box_lists)
         if image_sizes is None:
             raise ValueError('the "ratio" level assignment needs image_sizes')
-        rois = d2_poolers.convert_boxes_to_pooler_format(box_lists)
+        rois = rois_from_boxes(box_lists)
         levels = assign_boxes_by_image_ratio(box_lists, image_sizes, self.min_level, self.max_level)
         output = x[0].new_zeros((len(rois), x[0].shape[1]) + tuple(self.output_size))
         for level, pooler in enumerate(self.level_poolers):

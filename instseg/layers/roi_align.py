@@ -10,7 +10,7 @@ float32 and float64; float16 and bfloat16 too, computed in float32 (on CPU the k
 it accumulates in float32). The CUDA backward adds with atomics, so under
 ``torch.use_deterministic_algorithms(True)`` it raises (the CPU kernels are deterministic).
 """
-from typing import List, Sequence, Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,8 @@ from torch.nn.modules.utils import _pair
 import instseg._C  # noqa: F401  (loads the extension: registers the ops' CPU/CUDA kernels)
 
 from .autocast import boxes_for, register_float32_autocast
+from .memory_format import is_channels_last
+from .rois import rois_from_boxes
 
 __all__ = ["roi_align", "ROIAlign"]
 
@@ -26,8 +28,7 @@ __all__ = ["roi_align", "ROIAlign"]
 def _cpu_kernel_format(t: Tensor) -> torch.memory_format:
     """The memory format of the CPU kernels' results: channels-last for a channels-last input (the
     forward's map, the backward's output gradient), as in roi_align_cpu.cpp; CUDA's are NCHW."""
-    channels_last = t.device.type == "cpu" and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
+    return torch.channels_last if t.device.type == "cpu" and is_channels_last(t) else torch.contiguous_format
 
 
 @torch.library.register_fake("instseg::roi_align")
@@ -97,14 +98,6 @@ register_no_double_backward("roi_align")
 register_float32_autocast("roi_align")
 
 
-def _boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
-    """A list of (K_i, 4) boxes, one tensor per image, as one (K, 5) tensor (batch_index, x1, y1, x2, y2)."""
-    index = torch.cat(
-        [torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
-    )
-    return torch.cat([index, torch.cat(list(boxes))], dim=1)
-
-
 def roi_align(
     input: Tensor,
     boxes: Union[Tensor, List[Tensor]],
@@ -129,7 +122,7 @@ def roi_align(
     Returns:
         (K, C, PH, PW) pooled features.
     """
-    rois = boxes if isinstance(boxes, Tensor) else _boxes_to_rois(boxes)
+    rois = boxes if isinstance(boxes, Tensor) else rois_from_boxes(boxes)
     pooled_height, pooled_width = _pair(output_size)
     return torch.ops.instseg.roi_align(
         input, rois, float(spatial_scale), pooled_height, pooled_width, int(sampling_ratio), bool(aligned)
