@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   install, train Mask R-CNN on the embedded data, evaluate it, save pictures
-#   make test   install, run the tests
+#   make test   install, run the tests (all tiers; CI runs it)
+# and, for the edit-test loop, make test-fast: the unit tier (no test that trains)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DEMO_CONFIG ?= configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml
 DEMO_OUT ?= output/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test benchmark cuda-check clean
+.PHONY: install demo test test-fast benchmark cuda-check clean
 
 install: $(STAMP)
 
@@ -29,6 +30,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 benchmark: install
 	$(PY) -m benchmark speed

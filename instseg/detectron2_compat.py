@@ -3,7 +3,7 @@
 Pinned: detectron2 v0.6 (DETECTRON2_VERSION). third_party/detectron2/install.py builds its Python code
 from ``pb1-detectron2==0.6`` with a small patch; a detectron2 installed from git at v0.6 is the same
 code. detectron2 keeps no promise about these names, so on an upgrade:
-1. change DETECTRON2_VERSION and the pin of install.py together (tests/test_methods.py checks that the
+1. change DETECTRON2_VERSION and the pin of install.py together (tests/engine/test_methods.py checks that the
    installed detectron2 is the pinned one and that every name of PRIVATE_NAMES still exists);
 2. read each name of PRIVATE_NAMES in the new version's source: what it holds and when it is set
    (v0.6 sets SimpleTrainer._data_loader_iter in __init__; later versions make it lazy), and whether

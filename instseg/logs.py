@@ -49,7 +49,7 @@ def setup_run_logging(cfg, args) -> None:
     rank = comm.get_rank()
     # The loggers default_setup sets up, made first so that their log files are plain before it
     # logs the highlighted config: setup_logger is cached on its arguments, and these are the calls
-    # default_setup makes (tests/test_train_net.py checks that no line is logged twice).
+    # default_setup makes (tests/e2e/test_train_net.py checks that no line is logged twice).
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="instseg")

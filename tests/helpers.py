@@ -1,12 +1,19 @@
 """What several test files share: the method configs, a few-iteration 128 px schedule, a user's
 COCO dataset as labelme exports it."""
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import torch
+from detectron2.layers import ShapeSpec
 from PIL import Image
+
+from instseg.config import get_project_cfg
+from instseg.modeling.fcos import FCOS
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 CONFIGS = [
     "configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml",
@@ -29,14 +36,11 @@ ZERO_THRESHOLDS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.INFER
 RANDOM_WEIGHTS = ["TEST.ALLOW_RANDOM_WEIGHTS", "True"]
 
 
-def is_channels_last(t: torch.Tensor) -> bool:
-    """Strided as NHWC and not as NCHW."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
 def run(*command, timeout=600):
     """Run a python script (or `-m module`) of this repo; returns its output, asserting success."""
-    proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=timeout)
+    # the scripts of tests/ import this module: they find it as pytest does
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -83,3 +87,20 @@ def ground_truth_as_detections(gt):
     det.pred_classes = gt.gt_classes
     det.scores = torch.ones(len(gt))
     return det
+
+
+def build_fcos(**overrides):
+    """A small FCOS (32 channels, 3 classes, P3-P7) with MODEL.FCOS keys overridden."""
+    cfg = get_project_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [32, 64, 128, 256]
+    for key, value in overrides.items():
+        setattr(cfg.MODEL.FCOS, key, value)
+    shapes = {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(3, 8)}
+    return FCOS(cfg, shapes)
+
+
+def fcos_features(fcos, size=128, seed=0):
+    """Random P3-P7 maps of two size x size images for build_fcos's FCOS."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"p{i}": torch.randn(2, 32, size // 2**i, size // 2**i, generator=g) for i in range(3, 8)}

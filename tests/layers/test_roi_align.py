@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 import torchvision
-from helpers import is_channels_last
 from op_tester import OpCase, OpTester
 
 from instseg.layers import ROIAlign, roi_align
+from instseg.layers.memory_format import is_channels_last
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}

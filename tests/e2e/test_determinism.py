@@ -16,6 +16,8 @@ from helpers import CONFIGS, TINY, run
 
 from instseg.engine import Trainer, build_config
 
+pytestmark = pytest.mark.slow
+
 
 def _train(config: str, output_dir: str) -> dict:
     opts = TINY + ["DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()", "MODEL.DEVICE", "cpu",

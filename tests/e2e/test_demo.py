@@ -16,7 +16,7 @@ from instseg.checkpoint import Checkpointer, TrainingMetadata
 from instseg.data.datasets import register_coco_instances
 from instseg.engine import build_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "projects", "demo.py"))
 demo = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(demo)

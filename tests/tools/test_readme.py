@@ -9,7 +9,7 @@ import pytest
 
 from instseg.config import _all_keys, build_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 METHOD_READMES = [ROOT / method / "README.md" for method in ("blendmask", "centermask", "refinemask")]
 DOCS = [ROOT / "README.md", *METHOD_READMES, *sorted((ROOT / "docs").rglob("*.md"))]

@@ -71,7 +71,7 @@ def mapped(name, *opts):
 
 
 def test_missing_image_file_is_named(tmp_path):
-    # registration checks every image (tests/test_datasets.py); one removed later is named by the mapper
+    # registration checks every image (tests/data/test_datasets.py); one removed later is named by the mapper
     rgb().save(tmp_path / "gone.png")
     name = write_dataset(tmp_path, [("gone.png", None, 64, 64)], [[square(5, 5, 20)]])
     (tmp_path / "gone.png").unlink()

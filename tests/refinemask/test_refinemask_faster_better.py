@@ -243,7 +243,7 @@ def test_model_trains_without_semantic_loss_and_predicts_112_masks(two_box_batch
 
 @pytest.mark.slow
 def test_short_training_on_the_shapes_config(tmp_path):
-    """A few iterations of the trainer (helpers.TINY, no evaluation), as tests/test_determinism.py."""
+    """A few iterations of the trainer (helpers.TINY, no evaluation), as tests/e2e/test_determinism.py."""
     cfg = build_config(SHAPES, TINY + ["DATASETS.TEST", "()", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)])
     seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)

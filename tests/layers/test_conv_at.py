@@ -4,6 +4,7 @@ dense conv."""
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
+from helpers import build_fcos, fcos_features
 from torch import nn
 
 from blendmask.blendmask import attentions_at
@@ -11,7 +12,6 @@ from instseg.layers.conv_at import conv2d_at
 from instseg.modeling.fcos import FCOS
 from instseg.modeling.fcos.targets import assign_locations
 
-from test_fcos import _features, build_fcos
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 5])
@@ -45,7 +45,7 @@ def test_top_layer_at_any_fcos_location_equals_the_dense_top_layer():
     torch.manual_seed(0)
     fcos: FCOS = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
     top_layer = nn.Conv2d(32, 5, 3, padding=1)
-    features = _features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
+    features = fcos_features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
     pred = fcos.predict(features, keep_box_tower=True)
     dense = torch.cat(
         [top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_tower], dim=1
@@ -62,7 +62,7 @@ def test_top_layer_at_fcos_positives_and_detections_equals_the_dense_top_layer()
     torch.manual_seed(0)
     fcos: FCOS = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0)
     top_layer = nn.Conv2d(32, 5, 3, padding=1)
-    pred = fcos.predict(_features(fcos), keep_box_tower=True)
+    pred = fcos.predict(fcos_features(fcos), keep_box_tower=True)
     dense = torch.cat([top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_tower], dim=1)
     gt = []
     for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):

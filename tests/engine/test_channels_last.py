@@ -3,10 +3,11 @@ NCHW up to float rounding, through the Predictor, and trains through the Trainer
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, RANDOM_WEIGHTS, TINY, ZERO_THRESHOLDS, is_channels_last
+from helpers import CONFIGS, RANDOM_WEIGHTS, TINY, ZERO_THRESHOLDS
 
 from instseg.checkpoint import Checkpointer
 from instseg.engine import Predictor, Trainer, build_config
+from instseg.layers.memory_format import is_channels_last
 
 
 def _predict(config, channels_last, image):
@@ -29,6 +30,7 @@ def test_predictor_in_channels_last_predicts_as_in_nchw(config):
     assert (nhwc.pred_masks != nchw.pred_masks).float().mean() < 1e-3
 
 
+@pytest.mark.slow
 def test_trainer_trains_channels_last_and_its_checkpoint_loads_into_nchw(tmp_path):
     config = CONFIGS[3]  # RefineMask: FPN, RPN, box and mask heads and the semantic head
     opts = TINY + ["MODEL.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)",

@@ -97,6 +97,7 @@ class NaNLossFrom(nn.Module):
         return losses
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     cfg = build_config(CONFIGS[0], TINY + ["SOLVER.MAX_ITER", "8", "OUTPUT_DIR", str(tmp_path)])
     trainer = Trainer(cfg)

@@ -10,6 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.structures import Boxes, ImageList, Instances
+from helpers import build_fcos, fcos_features
 
 from instseg.config import get_project_cfg
 from instseg.modeling import detections_as_proposals
@@ -69,16 +70,6 @@ def test_centerness_targets():
     assert torch.allclose(centerness_targets(reg), expected)
 
 
-def build_fcos(**overrides):
-    cfg = get_project_cfg()
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [32, 64, 128, 256]
-    for key, value in overrides.items():
-        setattr(cfg.MODEL.FCOS, key, value)
-    shapes = {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(3, 8)}
-    return FCOS(cfg, shapes)
-
-
 def test_parameter_names_match_adelaidet_checkpoints():
     keys = {k: v.shape for k, v in build_fcos().state_dict().items()}
     assert keys["fcos_head.cls_tower.0.weight"] == (32, 32, 3, 3)
@@ -95,11 +86,6 @@ def test_parameter_names_match_adelaidet_checkpoints():
     assert "fcos_head.cls_tower.1.4.running_mean" in bn  # one BatchNorm per level
 
 
-def _features(fcos, size=128, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {f"p{i}": torch.randn(2, 32, size // 2**i, size // 2**i, generator=g) for i in range(3, 8)}
-
-
 def test_losses_are_finite_and_trainable():
     fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
     gt = []
@@ -108,7 +94,7 @@ def test_losses_are_finite_and_trainable():
         inst.gt_boxes = Boxes(torch.tensor(boxes).reshape(-1, 4))
         inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
         gt.append(inst)
-    feats = _features(fcos)
+    feats = fcos_features(fcos)
     opt = torch.optim.SGD(fcos.parameters(), lr=0.05)
     history = []
     for _ in range(15):
@@ -276,7 +262,7 @@ def test_fcos_outputs_hold_no_method_state():
 
 def test_predictions_say_where_each_location_lies_and_keep_the_box_tower_on_request():
     fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1)
-    features = _features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
+    features = fcos_features(fcos)  # levels of 16x16, 8x8, 4x4, 2x2, 1x1
     pred = fcos.predict(features)
     assert pred.level_sizes == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
     assert pred.box_tower is None
@@ -302,7 +288,7 @@ def test_predictions_say_where_each_location_lies_and_keep_the_box_tower_on_requ
 
 def test_positives_and_detections_carry_their_location_indices():
     fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0)
-    pred = fcos.predict(_features(fcos))
+    pred = fcos.predict(fcos_features(fcos))
     gt = _two_images_gt()
     _, positives = fcos.losses(pred, gt)
     labels = torch.stack([
@@ -354,7 +340,7 @@ def test_detections_as_proposals_logit_inverts_sigmoid_and_clamps():
 
 def test_training_forward_returns_the_detections_as_proposals():
     fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0).train()
-    features = _features(fcos)
+    features = fcos_features(fcos)
     images = ImageList(torch.zeros(2, 3, 128, 128), [(128, 128), (120, 128)])
     proposals, losses = fcos(images, features, _two_images_gt())
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}

@@ -76,6 +76,7 @@ def test_evaluation_runs_under_test_autocast_and_sees_float32(dtype, monkeypatch
     assert out["instances"].scores.dtype == (torch.float32 if dtype else torch.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.split("/")[1])
 def test_amp_training_on_cpu_runs_the_forward_in_bfloat16(config, tmp_path, recwarn):
     from instseg.engine import CPUMixedPrecisionTrainer, Trainer

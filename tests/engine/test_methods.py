@@ -18,7 +18,7 @@ from instseg import detectron2_compat
 from instseg.config import add_instseg_config, get_project_cfg
 from instseg.methods import METHODS_GROUP, method_entry_points, register_method_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("blendmask", "centermask", "refinemask")
 
 

@@ -18,7 +18,7 @@ from benchmark import accuracy, cli, models, parts, speed, worker
 from benchmark.flops import slash_free
 from benchmark.timing import PEAK_RSS_ENV, latency_stats, seconds_in_turns
 from centermask import VOVNET_SPECS, VoVNet
-from helpers import is_channels_last
+from instseg.layers.memory_format import is_channels_last
 
 
 def test_vovnet_flops_are_counted_on_a_slash_free_copy():
@@ -163,6 +163,7 @@ def test_channels_last_models_take_turns_with_an_nchw_copy_and_subprocesses_are_
     assert "--channels-last" not in commands[1]
 
 
+@pytest.mark.slow
 def test_a_final_model_is_evaluated_once_and_again_when_it_changes(tmp_path, monkeypatch):
     from helpers import CONFIGS, TINY
 

@@ -1,5 +1,5 @@
 """The files a run writes: metrics.json is valid JSON when a metric is NaN, log.txt has no colour
-codes (the real processes' output is checked by tests/test_train_net.py)."""
+codes (the real processes' output is checked by tests/e2e/test_train_net.py)."""
 import io
 import json
 import logging
