@@ -21,8 +21,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
-from fvcore.common.checkpoint import _filter_reused_missing_keys
 from torch import nn
+
+from .detectron2_compat import missing_keys_not_reused
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def load_inference_weights(model: nn.Module, cfg, path: Optional[str] = None) ->
     incompatible = checkpointer.incompatible_keys
     shapes = incompatible.incorrect_shapes if incompatible else []
     reshaped = {key for key, _, _ in shapes}  # fvcore drops them from the checkpoint: "missing" too
-    missing = [k for k in _filter_reused_missing_keys(model, incompatible.missing_keys) if k not in reshaped] if incompatible else []
+    missing = [k for k in missing_keys_not_reused(model, incompatible.missing_keys) if k not in reshaped] if incompatible else []
     if missing or shapes:
         problem = _what_does_not_fit(path, missing, shapes, extra.get("metadata"), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if not allowed:

@@ -18,6 +18,7 @@ from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter
+from fvcore.common import checkpoint as fvcore_checkpoint
 
 DETECTRON2_VERSION = "0.6"
 
@@ -32,6 +33,7 @@ PRIVATE_NAMES = {
     JSONWriter: ("_file_handle", "_window_size", "_last_write"),
     DatasetMapper: ("_transform_annotations",),
     comm: ("_LOCAL_PROCESS_GROUP",),
+    fvcore_checkpoint: ("_filter_reused_missing_keys",),  # fvcore as detectron2 v0.6 requires it
 }
 
 
@@ -56,6 +58,15 @@ def data_loader_iter(trainer: SimpleTrainer):
 def write_metrics(trainer: SimpleTrainer, loss_dict: dict, data_time: float) -> None:
     """Log an iteration's losses and data time to the event storage, as SimpleTrainer.run_step does."""
     trainer._write_metrics(loss_dict, data_time)
+
+
+# --- checkpoints: fvcore's Checkpointer, detectron2's base
+
+
+def missing_keys_not_reused(model, missing_keys):
+    """The missing keys of a load less those whose tensor another (loaded) name of the model shares,
+    by fvcore's rule for modules registered under two names."""
+    return fvcore_checkpoint._filter_reused_missing_keys(model, missing_keys)
 
 
 # --- distributed: detectron2's per-machine process group

@@ -197,6 +197,9 @@ def test_only_the_compat_module_uses_detectron2_private_names():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Attribute) and node.attr in names:
                 raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.attr}: go through instseg.detectron2_compat")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("detectron2", "fvcore"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(ROOT)}:{node.lineno} imports {private}: go through instseg.detectron2_compat"
 
 
 @pytest.mark.parametrize("method", ["BlendMask", "CenterMask", "RefineMask"])
