@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import torch
 from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from instseg.config import get_project_cfg
@@ -80,8 +81,6 @@ def labelme_dataset(root, num_images=2, written=None, categories=LABELME_CATEGOR
 
 def ground_truth_as_detections(gt):
     """Instances of detections (pred_boxes, pred_classes, scores 1) at the ground truth's boxes."""
-    from detectron2.structures import Instances
-
     det = Instances(gt.image_size)
     det.pred_boxes = gt.gt_boxes
     det.pred_classes = gt.gt_classes
@@ -104,3 +103,14 @@ def fcos_features(fcos, size=128, seed=0):
     """Random P3-P7 maps of two size x size images for build_fcos's FCOS."""
     g = torch.Generator().manual_seed(seed)
     return {f"p{i}": torch.randn(2, 32, size // 2**i, size // 2**i, generator=g) for i in range(3, 8)}
+
+
+def two_images_gt():
+    """Ground truth of two 128 x 128 images: two boxes of class 0 in the first, one in the second."""
+    gt = []
+    for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):
+        inst = Instances((128, 128))
+        inst.gt_boxes = Boxes(torch.tensor(boxes))
+        inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+        gt.append(inst)
+    return gt

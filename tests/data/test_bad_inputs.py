@@ -12,7 +12,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from helpers import CONFIGS, RANDOM_WEIGHTS, TINY

@@ -3,8 +3,7 @@ FCOS's box tower (at any location, at the positives of the losses, at the detect
 dense conv."""
 import pytest
 import torch
-from detectron2.structures import Boxes, Instances
-from helpers import build_fcos, fcos_features
+from helpers import build_fcos, fcos_features, two_images_gt
 from torch import nn
 
 from blendmask.blendmask import attentions_at
@@ -64,12 +63,7 @@ def test_top_layer_at_fcos_positives_and_detections_equals_the_dense_top_layer()
     top_layer = nn.Conv2d(32, 5, 3, padding=1)
     pred = fcos.predict(fcos_features(fcos), keep_box_tower=True)
     dense = torch.cat([top_layer(f).permute(0, 2, 3, 1).reshape(2, -1, 5) for f in pred.box_tower], dim=1)
-    gt = []
-    for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):
-        inst = Instances((128, 128))
-        inst.gt_boxes = Boxes(torch.tensor(boxes))
-        inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
-        gt.append(inst)
+    gt = two_images_gt()
     _, positives = fcos.losses(pred, gt)
     assert len(positives.image_inds) > 0 and set(positives.image_inds.tolist()) == {0, 1}
     labels = torch.stack([

@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.structures import Boxes, ImageList, Instances
-from helpers import build_fcos, fcos_features
+from helpers import build_fcos, fcos_features, two_images_gt
 
 from instseg.config import get_project_cfg
 from instseg.modeling import detections_as_proposals
@@ -238,16 +238,6 @@ def test_detections_per_image_bounds_the_test_detections():
     assert count(post_nms_topk=3, detections_per_image=0) == 3  # <= 0: no bound
 
 
-def _two_images_gt():
-    gt = []
-    for boxes in ([[4.0, 6.0, 40.0, 50.0], [30.0, 30.0, 100.0, 90.0]], [[10.0, 10.0, 60.0, 40.0]]):
-        inst = Instances((128, 128))
-        inst.gt_boxes = Boxes(torch.tensor(boxes))
-        inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
-        gt.append(inst)
-    return gt
-
-
 def test_fcos_outputs_hold_no_method_state():
     """FCOS's outputs are generic: no top layer, no attentions (BlendMask computes its own)."""
     assert {f.name for f in dataclasses.fields(FCOSPredictions)} == {
@@ -289,7 +279,7 @@ def test_predictions_say_where_each_location_lies_and_keep_the_box_tower_on_requ
 def test_positives_and_detections_carry_their_location_indices():
     fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0)
     pred = fcos.predict(fcos_features(fcos))
-    gt = _two_images_gt()
+    gt = two_images_gt()
     _, positives = fcos.losses(pred, gt)
     labels = torch.stack([
         assign_locations(pred.locations, pred.strides, pred.ranges, g.gt_boxes.tensor, g.gt_classes, 3, 1.5).labels
@@ -342,7 +332,7 @@ def test_training_forward_returns_the_detections_as_proposals():
     fcos = build_fcos(NUM_CLS_CONVS=1, NUM_BOX_CONVS=1, INFERENCE_TH_TRAIN=0.0).train()
     features = fcos_features(fcos)
     images = ImageList(torch.zeros(2, 3, 128, 128), [(128, 128), (120, 128)])
-    proposals, losses = fcos(images, features, _two_images_gt())
+    proposals, losses = fcos(images, features, two_images_gt())
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}
     expected = detections_as_proposals(fcos.detect(fcos.predict(features), images.image_sizes))
     for ours, theirs in zip(proposals, expected):
