@@ -1,0 +1,99 @@
+"""Exporting a model to ONNX (run by ONNX Runtime) or to a torch.export ExportedProgram (.pt2).
+
+Both start from the method's export module (build_export_module): a (3, H, W) float32 image, resized
+as cfg's test transform and in cfg.INPUT.FORMAT channel order, 0-255, with a dynamic height and
+width -> flat tensors (see the module's output_names).
+"""
+import logging
+from typing import Tuple
+
+import torch
+from detectron2.modeling import GeneralizedRCNN
+from torch import nn
+
+from .common import UnsupportedExportError, unsupported
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "exported-program")
+DEFAULT_EXTENSIONS = {"onnx": ".onnx", "exported-program": ".pt2"}
+OPSET = 18
+# the range of image sides an exported model takes (a dynamic dimension needs one): torch.export
+# specializes a feature map of one pixel (broadcasting), and an FPN's P6 has two pixels from 65 px up
+MIN_SIDE = 65
+MAX_SIDE = 4096
+
+
+def build_export_module(model: nn.Module) -> nn.Module:
+    """The export module of `model` (in eval mode), or an UnsupportedExportError naming the
+    module that has no export path and why."""
+    from .rcnn import ExportRCNN
+
+    if type(model) is GeneralizedRCNN:
+        return ExportRCNN(model).eval()
+    raise unsupported("the model", model, "no export path for this meta-architecture yet (supported: GeneralizedRCNN, Mask R-CNN)")
+
+
+def example_image(height: int = 128, width: int = 160, seed: int = 0) -> torch.Tensor:
+    """A (3, H, W) float32 image of 0-255 values, the export modules' input."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=g).float()
+
+
+def dynamic_shapes():
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    return {"image": {1: height, 2: width}}
+
+
+def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.export.ExportedProgram":
+    """torch.export.export of the export module with a dynamic image height and width."""
+    image = example_image() if image is None else image
+    try:
+        return torch.export.export(module, (image,), dynamic_shapes=dynamic_shapes(), strict=False)
+    except Exception as e:  # an op or a data-dependent branch torch.export cannot trace
+        raise UnsupportedExportError(
+            f"torch.export failed on {type(module.model).__qualname__} ({type(module).__qualname__}): "
+            f"{type(e).__name__}: {str(e)[:2000]}"
+        ) from e
+
+
+def export_onnx(module: nn.Module, path: str, image: torch.Tensor = None, program=None) -> None:
+    """Write the export module as an ONNX model (opset OPSET, standard ops only: this project's
+    ops translated by instseg.export.onnx_ops) to `path`, checked by onnx.checker."""
+    import onnx
+
+    from .onnx_ops import custom_translation_table
+
+    program = export_program(module, image) if program is None else program
+    try:
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=OPSET, input_names=["image"],
+            output_names=list(module.output_names), custom_translation_table=custom_translation_table(),
+            optimize=True, verify=False, report=False,
+        )
+    except Exception as e:
+        raise UnsupportedExportError(
+            f"ONNX export failed on {type(module.model).__qualname__}: {type(e).__name__}: {str(e)[:2000]}"
+        ) from e
+    onnx_program.save(path)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    custom = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if custom:
+        raise UnsupportedExportError(f"the ONNX graph of {path} has non-standard ops: {custom}")
+
+
+def save_program(program, path: str) -> None:
+    torch.export.save(program, path)
+
+
+def export(module: nn.Module, fmt: str, path: str, image: torch.Tensor = None) -> None:
+    """Export the export module to `path` in format `fmt` (one of FORMATS)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    program = export_program(module, image)
+    if fmt == "exported-program":
+        save_program(program, path)
+    else:
+        export_onnx(module, path, image, program)

@@ -1,0 +1,110 @@
+"""Predictors running an exported model with instseg.engine.Predictor's interface:
+``__call__(image HxWx3 in cfg.INPUT.FORMAT order) -> {"instances": Instances}`` at the image's size.
+
+They pre-process as detectron2's DefaultPredictor (the RGB flip where cfg.INPUT.FORMAT says, the
+ResizeShortestEdge of INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, a float32 CHW tensor) and post-process as
+GeneralizedRCNN (detector_postprocess: boxes rescaled to the original size and clipped, the mask
+probabilities pasted into full-size masks at threshold 0.5).
+"""
+import os
+from typing import Dict
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+from ..engine.predictor import prediction_metadata
+
+# output name of an export module -> Instances field
+FIELDS = {"boxes": "pred_boxes", "scores": "scores", "classes": "pred_classes", "mask_probs": "pred_masks",
+          "mask_scores": "mask_scores"}
+
+
+class ExportedPredictor:
+    """The shared pre- and post-processing; subclasses run the model (`run`)."""
+
+    def __init__(self, cfg, path: str):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"exported model {path!r} does not exist")
+        self.cfg = cfg.clone()
+        self.path = path
+        self.input_format = cfg.INPUT.FORMAT
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.metadata = prediction_metadata(cfg, None)
+
+    def run(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        image = original_image
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3):
+            got = type(image).__name__ + (f" of shape {tuple(image.shape)}" if hasattr(image, "shape") else "")
+            raise ValueError(f"{type(self).__name__} expects an H x W x 3 numpy array in {self.input_format} order, got {got}")
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        resize = self.aug.get_transform(image)
+        if min(resize.new_h, resize.new_w) < 1:
+            raise ValueError(f"cannot resize a {width}x{height} image with {self.aug}: a side would be 0 pixels")
+        resized = resize.apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.astype("float32").transpose(2, 0, 1)))
+        return {"instances": self.postprocess(self.run(tensor), tuple(tensor.shape[-2:]), height, width)}
+
+    @staticmethod
+    def postprocess(outputs: Dict[str, torch.Tensor], image_size, height: int, width: int) -> Instances:
+        instances = Instances(image_size)
+        for name, value in outputs.items():
+            value = torch.as_tensor(value)
+            instances.set(FIELDS[name], Boxes(value) if name == "boxes" else value)
+        return detector_postprocess(instances, height, width)
+
+
+class OnnxPredictor(ExportedPredictor):
+    """Runs a .onnx file written by projects/export.py in ONNX Runtime: the CUDA provider where
+    onnxruntime has it (onnxruntime-gpu), else the CPU provider (`providers` overrides)."""
+
+    def __init__(self, cfg, path: str, providers=None):
+        super().__init__(cfg, path)
+        import onnxruntime as ort
+
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        values = self.session.run(self.output_names, {self.input_name: image.numpy()})
+        return {name: torch.from_numpy(v) for name, v in zip(self.output_names, values)}
+
+
+class ProgramPredictor(ExportedPredictor):
+    """Runs a .pt2 ExportedProgram written by projects/export.py (torch.export.load)."""
+
+    def __init__(self, cfg, path: str, output_names=None):
+        super().__init__(cfg, path)
+        import instseg.layers  # noqa: F401  (the program may call this project's ops)
+
+        self.program = torch.export.load(path)
+        self.module = self.program.module()
+        self.output_names = list(output_names or _program_output_names(self.program))
+
+    def run(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        device = next(iter(self.program.state_dict.values()), image).device
+        with torch.no_grad():
+            values = self.module(image.to(device))
+        return {name: v.cpu() for name, v in zip(self.output_names, values)}
+
+
+def _program_output_names(program):
+    names = program.graph_module.meta.get("instseg_output_names") if hasattr(program, "graph_module") else None
+    if names:
+        return names
+    # the export modules return boxes, scores, classes, then the mask outputs
+    n = len(program.graph_signature.user_outputs)
+    return ["boxes", "scores", "classes", "mask_probs", "mask_scores"][:n]

@@ -1,0 +1,117 @@
+"""Mask R-CNN exported end to end (instseg.export): ONNX run by ONNX Runtime and the torch.export
+ExportedProgram give the eager model's detections on two image sizes."""
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from helpers import CONFIGS
+from instseg.engine import Predictor, build_config
+from instseg.export import (
+    OnnxPredictor, ProgramPredictor, UnsupportedExportError, build_export_module, example_image, export,
+)
+
+MASK_RCNN = CONFIGS[0]
+# every detection kept (a random model's scores are ~1 / (K + 1)); images kept at their size
+OPTS = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"]
+SIZES = [(128, 160), (160, 128)]
+
+
+def decisive_mask_logits(model, scale=300.0):
+    """Scale the last layer of the mask head: a random model's mask logits are then far from 0 in
+    both directions, so that the pasted masks (at probability 0.5) have shapes, not noise or nothing."""
+    with torch.no_grad():
+        model.roi_heads.mask_head.predictor.weight.mul_(scale)
+
+
+def exported_setup(tmp_path_factory, config, opts, seed=0, adjust=decisive_mask_logits):
+    """A randomly initialised model (seed `seed`, then `adjust`ed) saved as a checkpoint, its
+    config, the model, and it exported to ONNX and to an ExportedProgram (at 128 x 160)."""
+    root = tmp_path_factory.mktemp("export")
+    cfg = build_config(config, opts, task="predict")
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    adjust(model)
+    weights = str(root / "model.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    cfg = build_config(config, opts + ["MODEL.WEIGHTS", weights], task="predict")
+    module = build_export_module(model)
+    paths = {"onnx": str(root / "model.onnx"), "exported-program": str(root / "model.pt2")}
+    with torch.no_grad():
+        for fmt, path in paths.items():
+            export(module, fmt, path, example_image(*SIZES[0]))
+    return cfg, paths, model
+
+
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+def mask_ious(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1), b.flatten(1)
+    inter, union = (a & b).sum(1).float(), (a | b).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def assert_same_detections(got, expected):
+    assert len(got) == len(expected) > 0
+    assert torch.equal(got.pred_classes.long(), expected.pred_classes.long())
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-2, rtol=0)
+    torch.testing.assert_close(got.scores, expected.scores, atol=1e-4, rtol=0)
+    assert expected.pred_masks.flatten(1).any(1).float().mean() > 0.5  # masks to compare, not empty ones
+    ious = mask_ious(got.pred_masks, expected.pred_masks)
+    assert ious.min() >= 0.99, ious
+    for field in ("mask_scores",):
+        if expected.has(field):
+            torch.testing.assert_close(got.get(field), expected.get(field), atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def mask_rcnn(tmp_path_factory):
+    return exported_setup(tmp_path_factory, MASK_RCNN, OPTS + ["TEST.ALLOW_RANDOM_WEIGHTS", "True"])
+
+
+@pytest.mark.parametrize("predictor_class", [OnnxPredictor, ProgramPredictor], ids=["onnx", "exported-program"])
+def test_exported_mask_rcnn_matches_eager(mask_rcnn, predictor_class):
+    cfg, paths, _ = mask_rcnn
+    eager = Predictor(cfg)
+    exported = predictor_class(cfg, paths["onnx" if predictor_class is OnnxPredictor else "exported-program"])
+    for image in images():
+        expected = eager(image)["instances"]
+        got = exported(image)["instances"]
+        assert got.image_size == expected.image_size == image.shape[:2]
+        assert_same_detections(got, expected)
+
+
+def test_onnx_mask_probs_match_eager(mask_rcnn):
+    """The exported model's own outputs (before pasting) against the eager model's."""
+    cfg, paths, model = mask_rcnn
+    onnx_model = OnnxPredictor(cfg, paths["onnx"])
+    for h, w in SIZES:
+        image = example_image(h, w, seed=1)
+        with torch.no_grad():
+            (expected,) = model.inference([{"image": image}], do_postprocess=False)
+        got = onnx_model.run(image)
+        assert len(got["boxes"]) == len(expected) > 0
+        torch.testing.assert_close(got["boxes"], expected.pred_boxes.tensor, atol=1e-2, rtol=0)
+        torch.testing.assert_close(got["mask_probs"], expected.pred_masks, atol=1e-4, rtol=0)
+
+
+def test_onnx_graph_has_standard_ops_only(mask_rcnn):
+    import onnx
+
+    _, paths, _ = mask_rcnn
+    model = onnx.load(paths["onnx"])
+    ops = {n.op_type for n in model.graph.node}
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert {"RoiAlign", "NonMaxSuppression"} <= ops
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 16
+
+
+def test_unsupported_module_is_named():
+    cfg = build_config(MASK_RCNN, ["MODEL.DEVICE", "cpu", "MODEL.KEYPOINT_ON", "True"], task="predict")
+    model = build_model(cfg).eval()
+    with pytest.raises(UnsupportedExportError, match=r"roi_heads\.keypoint_head \(.*KRCNNConvDeconvUpsampleHead\)"):
+        build_export_module(model)
