@@ -7,7 +7,8 @@
 
 The exported model takes one (3, H, W) float32 image: resized as the config's test transform
 (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), in INPUT.FORMAT channel order, 0-255 values; H and W are
-dynamic (65 to 4096 pixels). It returns the final detections: boxes (D, 4) in that image's
+dynamic (from the coarsest feature map's stride + 1 pixels, 65 for Mask R-CNN and 129 for FCOS's
+P7, to 4096). It returns the final detections: boxes (D, 4) in that image's
 coordinates, scores (D,), classes (D,) int64 and mask_probs (D, 1, M, M) that detectron2's
 paste_masks_in_image turns into full-size masks (instseg.export.OnnxPredictor / ProgramPredictor do
 all of it, with instseg.engine.Predictor's interface; docs/export.md). A model or module without an
@@ -25,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 from instseg.checkpoint import load_inference_weights
 from instseg.engine import build_config
 from instseg.export import FORMATS, UnsupportedExportError, build_export_module, example_image, export
-from instseg.export.exporter import DEFAULT_EXTENSIONS
+from instseg.export.exporter import DEFAULT_EXTENSIONS, min_side
 
 
 def main(argv=None):
@@ -41,10 +42,10 @@ def main(argv=None):
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "model" + DEFAULT_EXTENSIONS[args.format])
     model = build_model(cfg).eval()
     load_inference_weights(model, cfg)
-    side = cfg.INPUT.MIN_SIZE_TEST
-    image = example_image(side, min(cfg.INPUT.MAX_SIZE_TEST, side * 5 // 4))
     try:
         module = build_export_module(model)
+        side = max(cfg.INPUT.MIN_SIZE_TEST, min_side(module) + 31)
+        image = example_image(side, side * 5 // 4)
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with torch.no_grad():
             export(module, args.format, output, image)

@@ -141,3 +141,10 @@ def class_mask_probs(mask_logits: Tensor, classes: Tensor) -> Tensor:
         return mask_logits.sigmoid()
     index = classes.view(-1, 1, 1, 1).expand(-1, 1, mask_logits.shape[2], mask_logits.shape[3])
     return torch.gather(mask_logits, 1, index).sigmoid()
+
+
+def pad_rows(t: Tensor, rows: int) -> Tensor:
+    """`t` (D, ...), D <= rows, padded with zeros to exactly `rows` rows: heads then run on a
+    tensor of a static size (torch.export cannot decide `numel() == 0` on a data-dependent one, as
+    detectron2's Conv2d asks), and their first D rows are those of the detections."""
+    return torch.cat([t, t.new_zeros((rows,) + tuple(t.shape[1:]))])[:rows]

@@ -8,7 +8,6 @@ import logging
 from typing import Tuple
 
 import torch
-from detectron2.modeling import GeneralizedRCNN
 from torch import nn
 
 from .common import UnsupportedExportError, unsupported
@@ -18,20 +17,30 @@ logger = logging.getLogger(__name__)
 FORMATS = ("onnx", "exported-program")
 DEFAULT_EXTENSIONS = {"onnx": ".onnx", "exported-program": ".pt2"}
 OPSET = 18
-# the range of image sides an exported model takes (a dynamic dimension needs one): torch.export
-# specializes a feature map of one pixel (broadcasting), and an FPN's P6 has two pixels from 65 px up
-MIN_SIDE = 65
+# the largest image side an exported model takes (a dynamic dimension needs a range); the smallest
+# is min_side(model)
 MAX_SIDE = 4096
+
+
+# meta-architecture (module.class) -> its export module (module:class), imported when used: a
+# method's package is imported only for its own models
+EXPORT_MODULES = {
+    "detectron2.modeling.meta_arch.rcnn.GeneralizedRCNN": "instseg.export.rcnn:ExportRCNN",
+    "centermask.meta_arch.CenterMask": "instseg.export.centermask:ExportCenterMask",
+}
 
 
 def build_export_module(model: nn.Module) -> nn.Module:
     """The export module of `model` (in eval mode), or an UnsupportedExportError naming the
     module that has no export path and why."""
-    from .rcnn import ExportRCNN
+    import importlib
 
-    if type(model) is GeneralizedRCNN:
-        return ExportRCNN(model).eval()
-    raise unsupported("the model", model, "no export path for this meta-architecture yet (supported: GeneralizedRCNN, Mask R-CNN)")
+    target = EXPORT_MODULES.get(f"{type(model).__module__}.{type(model).__qualname__}")
+    if target is None:
+        supported = ", ".join(name.rsplit(".", 1)[1] for name in EXPORT_MODULES)
+        raise unsupported("the model", model, f"no export path for this meta-architecture yet (supported: {supported})")
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)(model).eval()
 
 
 def example_image(height: int = 128, width: int = 160, seed: int = 0) -> torch.Tensor:
@@ -40,17 +49,27 @@ def example_image(height: int = 128, width: int = 160, seed: int = 0) -> torch.T
     return torch.randint(0, 256, (3, height, width), generator=g).float()
 
 
-def dynamic_shapes():
-    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
-    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+def min_side(module: nn.Module) -> int:
+    """The smallest image side the export module takes: torch.export specializes a feature map of
+    one pixel (broadcasting), so the coarsest map (stride S: P6 of Mask R-CNN's FPN, 64; P7 of
+    FCOS's, 128) needs two, which it has from S + 1 pixels up."""
+    return max(s.stride for s in module.model.backbone.output_shape().values()) + 1
+
+
+def dynamic_shapes(module: nn.Module):
+    height = torch.export.Dim("height", min=min_side(module), max=MAX_SIDE)
+    width = torch.export.Dim("width", min=min_side(module), max=MAX_SIDE)
     return {"image": {1: height, 2: width}}
 
 
 def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.export.ExportedProgram":
     """torch.export.export of the export module with a dynamic image height and width."""
-    image = example_image() if image is None else image
+    side = min_side(module)
+    image = example_image(side + 31, side + 63) if image is None else image
+    if min(image.shape[-2:]) < side:
+        raise ValueError(f"the example image {tuple(image.shape)} of the export needs sides of at least {side} pixels")
     try:
-        return torch.export.export(module, (image,), dynamic_shapes=dynamic_shapes(), strict=False)
+        return torch.export.export(module, (image,), dynamic_shapes=dynamic_shapes(module), strict=False)
     except Exception as e:  # an op or a data-dependent branch torch.export cannot trace
         raise UnsupportedExportError(
             f"torch.export failed on {type(module.model).__qualname__} ({type(module).__qualname__}): "
