@@ -27,6 +27,7 @@ MAX_SIDE = 4096
 EXPORT_MODULES = {
     "detectron2.modeling.meta_arch.rcnn.GeneralizedRCNN": "instseg.export.rcnn:ExportRCNN",
     "centermask.meta_arch.CenterMask": "instseg.export.centermask:ExportCenterMask",
+    "refinemask.meta_arch.RefineMask": "instseg.export.refinemask:ExportRefineMask",
 }
 
 
@@ -69,7 +70,12 @@ def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.expo
     if min(image.shape[-2:]) < side:
         raise ValueError(f"the example image {tuple(image.shape)} of the export needs sides of at least {side} pixels")
     try:
-        return torch.export.export(module, (image,), dynamic_shapes=dynamic_shapes(module), strict=False)
+        # guards that the solver cannot prove over the whole range (e.g. a stride check "1 % (W/4) != 0")
+        # become runtime asserts instead of a refusal
+        return torch.export.export(
+            module, (image,), dynamic_shapes=dynamic_shapes(module), strict=False,
+            prefer_deferred_runtime_asserts_over_guards=True,
+        )
     except Exception as e:  # an op or a data-dependent branch torch.export cannot trace
         raise UnsupportedExportError(
             f"torch.export failed on {type(module.model).__qualname__} ({type(module).__qualname__}): "

@@ -12,8 +12,8 @@ from instseg.export import (
     OnnxPredictor, ProgramPredictor, UnsupportedExportError, build_export_module, example_image, export,
 )
 
-MASK_RCNN, CENTERMASK = CONFIGS[0], CONFIGS[1]
-EXPORTED = [MASK_RCNN, CENTERMASK]
+MASK_RCNN, CENTERMASK, BLENDMASK, REFINEMASK = CONFIGS
+EXPORTED = [MASK_RCNN, CENTERMASK, REFINEMASK]
 # every detection kept (a random model's scores are near their prior); images kept at their size,
 # which is above FCOS's 129 px minimum (instseg.export.exporter.min_side)
 OPTS = ["MODEL.DEVICE", "cpu", *ZERO_THRESHOLDS, *RANDOM_WEIGHTS,
@@ -25,7 +25,9 @@ def decisive_mask_logits(model, scale=300.0):
     """Scale the last layer of the mask head: a random model's mask logits are then far from 0 in
     both directions, so that the pasted masks (at probability 0.5) have shapes, not noise or nothing."""
     with torch.no_grad():
-        model.roi_heads.mask_head.predictor.weight.mul_(scale)
+        for name, layer in model.roi_heads.mask_head.named_modules():
+            if name == "predictor" or name.endswith("instance_logits"):  # RefineMask: every stage's
+                layer.weight.mul_(scale)
 
 
 def exported_setup(tmp_path_factory, config, opts, seed=0, adjust=decisive_mask_logits):
