@@ -2,7 +2,7 @@
 `python -m benchmark SUBCOMMAND --help` describes each."""
 import argparse
 
-from . import accuracy, blender, parts, roi_align, speed
+from . import accuracy, blender, export, parts, roi_align, speed
 
 # subcommand -> (the module with its add_arguments(parser) and main(args), a line of help)
 _COMMANDS = {
@@ -11,6 +11,7 @@ _COMMANDS = {
     "accuracy": (accuracy, "train the *_shapes configs; the speed-vs-accuracy table and plot"),
     "roi-align": (roi_align, "our RoIAlign op against torchvision's"),
     "blender": (blender, "the fused blender op against the plain PyTorch one"),
+    "export": (export, "ONNX Runtime against eager PyTorch on CPU, and the ONNX files' sizes"),
 }
 SUBCOMMANDS = tuple(_COMMANDS)
 

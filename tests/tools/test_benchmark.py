@@ -14,7 +14,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark import accuracy, cli, models, parts, speed, worker
+from benchmark import accuracy, cli, export, models, parts, speed, worker
 from benchmark.flops import slash_free
 from benchmark.timing import PEAK_RSS_ENV, latency_stats, seconds_in_turns
 from centermask import VOVNET_SPECS, VoVNet
@@ -216,7 +216,7 @@ def test_each_subcommand_has_a_help(command, capsys):
 
 
 def test_the_package_runs_as_a_module_with_one_subcommand_per_job():
-    assert cli.SUBCOMMANDS == ("speed", "parts", "accuracy", "roi-align", "blender")
+    assert cli.SUBCOMMANDS == ("speed", "parts", "accuracy", "roi-align", "blender", "export")
     out = subprocess.run([sys.executable, "-m", "benchmark", "--help"], capture_output=True, text=True, check=True).stdout
     assert all(command in out for command in cli.SUBCOMMANDS)
     with pytest.raises(SystemExit):
@@ -308,3 +308,22 @@ def test_speed_measures_memory_in_a_process_of_its_own_and_writes_the_table(monk
     assert (tmp_path / "speed_cpu_bfloat16.md").read_text() == "table of ['memory', 'model']\n"
     assert speed.output_name(_parse("speed", "--channels-last")) == "speed_cpu_channels_last.md"
     assert speed.output_name(_parse("speed")) == "speed_cpu.md"
+
+
+def test_export_arguments():
+    args = _parse("export")
+    assert (args.threads, args.warmup, args.repeats, args.output) == (2, 1, 5, None)
+    assert args.models == list(models.SPEED_MODELS) and args.run is export.main
+
+
+@pytest.mark.slow
+def test_export_benchmark_times_both_runtimes_in_one_table(tmp_path, monkeypatch, capsys):
+    """The small Mask R-CNN at 160 x 192: both runtimes timed, the ratio theirs, the file's size and
+    the same number of detections on both sides; a model without an export path is a row saying why."""
+    monkeypatch.setitem(models.SPEED_MODELS, "small", ("configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml", (160, 192)))
+    row = export.measure("small", _parse("export", "--repeats", "1"), str(tmp_path))
+    assert row["eager_ms"] > 0 and row["onnxruntime_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["onnxruntime_ms"] / row["eager_ms"])
+    assert row["onnx_mb"] > 1 and row["detections"][0] == row["detections"][1] > 0
+    text = export.table([row, {"model": "other", "error": "no export path"}], _parse("export"))
+    assert f"| {row['ratio']:.2f}x |" in text and "| other | not exported: no export path |" in text
