@@ -28,6 +28,7 @@ EXPORT_MODULES = {
     "detectron2.modeling.meta_arch.rcnn.GeneralizedRCNN": "instseg.export.rcnn:ExportRCNN",
     "centermask.meta_arch.CenterMask": "instseg.export.centermask:ExportCenterMask",
     "refinemask.meta_arch.RefineMask": "instseg.export.refinemask:ExportRefineMask",
+    "blendmask.blendmask.BlendMask": "instseg.export.blendmask:ExportBlendMask",
 }
 
 
