@@ -130,6 +130,11 @@ def main():
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--max-images", type=int, default=0, help="use only the first N images (0: all)")
+    parser.add_argument(
+        "--backend", choices=("pytorch", "onnx", "exported-program"), default="pytorch",
+        help="what runs the model: pytorch (the eager model, MODEL.WEIGHTS a checkpoint), onnx (ONNX Runtime) "
+        "or exported-program (torch.export), MODEL.WEIGHTS then naming the file projects/export.py wrote",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = parser.parse_args()
     if not (args.output or args.output_json):
@@ -141,7 +146,12 @@ def main():
     # centerness and MaskIoU, so its detections are filtered by shown_instances instead
     opts = list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.confidence_threshold)]
     cfg = build_config(args.config_file, opts, task="predict")
-    predictor = Predictor(cfg)
+    if args.backend == "pytorch":
+        predictor = Predictor(cfg)
+    else:  # the exported model keeps every detection it was exported with; the threshold filters here
+        from instseg.export import OnnxPredictor, ProgramPredictor
+
+        predictor = (OnnxPredictor if args.backend == "onnx" else ProgramPredictor)(cfg, cfg.MODEL.WEIGHTS)
     image_ids = ImageIds(args.coco_json) if args.coco_json else None
     category_ids = dataset_category_ids(predictor.metadata, cfg.MODEL.ROI_HEADS.NUM_CLASSES, image_ids)
     paths = list_images(args.input)

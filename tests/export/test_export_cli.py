@@ -27,3 +27,36 @@ def test_cli_refuses_unsupported_module(tmp_path):
     assert "cannot export roi_heads.keypoint_head" in proc.stderr
     assert "KRCNNConvDeconvUpsampleHead" in proc.stderr
     assert not output.exists()
+
+
+def test_demo_onnx_backend_matches_pytorch(tmp_path):
+    """projects/export.py then projects/demo.py --backend onnx: the COCO results of the eager model."""
+    import json
+
+    import numpy as np
+    import torch
+    from detectron2.modeling import build_model
+    from PIL import Image
+
+    from instseg.engine import build_config
+
+    opts = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "192"]
+    cfg = build_config(CONFIGS[0], ["MODEL.DEVICE", "cpu"] + opts, task="predict")
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    onnx_file = tmp_path / "model.onnx"
+    run("projects/export.py", "--config-file", CONFIGS[0], "--format", "onnx", "--output", str(onnx_file),
+        "--opts", "MODEL.WEIGHTS", str(weights), *opts)
+    results = {}
+    for backend, model_file in (("pytorch", weights), ("onnx", onnx_file)):
+        out = tmp_path / f"{backend}.json"
+        run("projects/demo.py", "--config-file", CONFIGS[0], "--input", str(tmp_path / "a.png"), "--output-json",
+            str(out), "--backend", backend, "--confidence-threshold", "0.05", "--opts", "MODEL.WEIGHTS", str(model_file), *opts)
+        results[backend] = json.loads(out.read_text())
+    expected, got = results["pytorch"], results["onnx"]
+    assert len(got) == len(expected) > 0
+    assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
+    np.testing.assert_allclose([r["bbox"] for r in got], [r["bbox"] for r in expected], atol=1e-2)
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
