@@ -228,3 +228,22 @@ def test_a_hanging_command_is_killed_at_its_timeout(tmp_path):
     record = gpu_check.run_step(ctx, hang)
     assert record["status"] == "failed" and record["seconds"] < 30
     assert "killed after 1 s" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("precision", sorted(gpu_check.PRECISIONS))
+@pytest.mark.parametrize("method", METHODS)
+def test_the_training_options_are_accepted_by_each_config(method, precision):
+    from instseg.engine import build_config
+
+    cfg = build_config(gpu_check.METHODS[method], gpu_check.TRAIN_OPTS + gpu_check.PRECISIONS[precision])
+    assert cfg.MODEL.DEVICE == "cuda" and cfg.SOLVER.MAX_ITER == 20 and cfg.SOLVER.AMP.ENABLED == (precision == "amp")
+    assert cfg.SOLVER.IMS_PER_BATCH % 2 == 0  # the DDP step splits the batch over 2 GPUs
+
+
+def test_only_runs_the_steps_named(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/gpu_check.py"), str(tmp_path), "--dry-run", "--only",
+                           "build", "ddp/"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    names = [s["name"] for s in json.loads((tmp_path / "figures.json").read_text())["steps"]]
+    assert names == ["build"] + [f"ddp/{m}" for m in METHODS]
