@@ -41,14 +41,14 @@ def main(argv=None):
     cfg = build_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"], task="predict")
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "model" + DEFAULT_EXTENSIONS[args.format])
     model = build_model(cfg).eval()
-    load_inference_weights(model, cfg)
+    saved = load_inference_weights(model, cfg)
     try:
         module = build_export_module(model)
         side = max(cfg.INPUT.MIN_SIZE_TEST, min_side(module) + 31)
         image = example_image(side, side * 5 // 4)
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with torch.no_grad():
-            export(module, args.format, output, image)
+            export(module, args.format, output, image, metadata=saved.get("metadata"))
     except UnsupportedExportError as e:
         if os.path.exists(output) and args.format == "onnx":
             os.remove(output)  # never leave a partial graph behind

@@ -4,6 +4,7 @@ Both start from the method's export module (build_export_module): a (3, H, W) fl
 as cfg's test transform and in cfg.INPUT.FORMAT channel order, 0-255, with a dynamic height and
 width -> flat tensors (see the module's output_names).
 """
+import json
 import logging
 from typing import Tuple
 
@@ -84,7 +85,11 @@ def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.expo
         ) from e
 
 
-def export_onnx(module: nn.Module, path: str, image: torch.Tensor = None, program=None) -> None:
+METADATA_KEY = "instseg_metadata"  # the checkpoint's "metadata" (class names), as JSON, in the file
+OUTPUT_NAMES_KEY = "instseg_output_names"  # the .pt2's output names, as JSON
+
+
+def export_onnx(module: nn.Module, path: str, image: torch.Tensor = None, program=None, metadata=None) -> None:
     """Write the export module as an ONNX model (opset OPSET, standard ops only: this project's
     ops translated by instseg.export.onnx_ops) to `path`, checked by onnx.checker."""
     import onnx
@@ -105,21 +110,26 @@ def export_onnx(module: nn.Module, path: str, image: torch.Tensor = None, progra
     onnx_program.save(path)
     model = onnx.load(path)
     onnx.checker.check_model(model)
+    if metadata:
+        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
+        onnx.save(model, path)
     custom = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if custom:
         raise UnsupportedExportError(f"the ONNX graph of {path} has non-standard ops: {custom}")
 
 
-def save_program(program, path: str) -> None:
-    torch.export.save(program, path)
+def save_program(program, path: str, output_names, metadata=None) -> None:
+    extra_files = {OUTPUT_NAMES_KEY: json.dumps(list(output_names)), METADATA_KEY: json.dumps(metadata or {})}
+    torch.export.save(program, path, extra_files=extra_files)
 
 
-def export(module: nn.Module, fmt: str, path: str, image: torch.Tensor = None) -> None:
-    """Export the export module to `path` in format `fmt` (one of FORMATS)."""
+def export(module: nn.Module, fmt: str, path: str, image: torch.Tensor = None, metadata: dict = None) -> None:
+    """Export the export module to `path` in format `fmt` (one of FORMATS). `metadata`: the
+    checkpoint's "metadata" (class names), kept in the file for the predictors."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     program = export_program(module, image)
     if fmt == "exported-program":
-        save_program(program, path)
+        save_program(program, path, module.output_names, metadata)
     else:
-        export_onnx(module, path, image, program)
+        export_onnx(module, path, image, program, metadata)

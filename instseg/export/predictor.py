@@ -6,6 +6,7 @@ ResizeShortestEdge of INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, a float32 CHW tensor)
 GeneralizedRCNN (detector_postprocess: boxes rescaled to the original size and clipped, the mask
 probabilities pasted into full-size masks at threshold 0.5).
 """
+import json
 import os
 from typing import Dict
 
@@ -16,7 +17,9 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..engine.predictor import prediction_metadata
+from .exporter import METADATA_KEY, OUTPUT_NAMES_KEY
 
+DEFAULT_OUTPUT_NAMES = ["boxes", "scores", "classes", "mask_probs"]
 # output name of an export module -> Instances field
 FIELDS = {"boxes": "pred_boxes", "scores": "scores", "classes": "pred_classes", "mask_probs": "pred_masks",
           "mask_scores": "mask_scores"}
@@ -25,14 +28,15 @@ FIELDS = {"boxes": "pred_boxes", "scores": "scores", "classes": "pred_classes", 
 class ExportedPredictor:
     """The shared pre- and post-processing; subclasses run the model (`run`)."""
 
-    def __init__(self, cfg, path: str):
+    def __init__(self, cfg, path: str, saved_metadata: dict = None):
+        """`saved_metadata`: the checkpoint's "metadata" the file keeps (class names), else None."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"exported model {path!r} does not exist")
         self.cfg = cfg.clone()
         self.path = path
         self.input_format = cfg.INPUT.FORMAT
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        self.metadata = prediction_metadata(cfg, None)
+        self.metadata = prediction_metadata(cfg, saved_metadata)
 
     def run(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -66,8 +70,13 @@ class OnnxPredictor(ExportedPredictor):
     onnxruntime has it (onnxruntime-gpu), else the CPU provider (`providers` overrides)."""
 
     def __init__(self, cfg, path: str, providers=None):
-        super().__init__(cfg, path)
+        import onnx
         import onnxruntime as ort
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"exported model {path!r} does not exist")
+        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        super().__init__(cfg, path, json.loads(props.get(METADATA_KEY, "{}")) or None)
 
         if providers is None:
             available = ort.get_available_providers()
@@ -86,25 +95,19 @@ class OnnxPredictor(ExportedPredictor):
 class ProgramPredictor(ExportedPredictor):
     """Runs a .pt2 ExportedProgram written by projects/export.py (torch.export.load)."""
 
-    def __init__(self, cfg, path: str, output_names=None):
-        super().__init__(cfg, path)
+    def __init__(self, cfg, path: str):
         import instseg.layers  # noqa: F401  (the program may call this project's ops)
 
-        self.program = torch.export.load(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"exported model {path!r} does not exist")
+        extra_files = {OUTPUT_NAMES_KEY: "", METADATA_KEY: ""}
+        self.program = torch.export.load(path, extra_files=extra_files)
+        super().__init__(cfg, path, json.loads(extra_files[METADATA_KEY] or "{}") or None)
         self.module = self.program.module()
-        self.output_names = list(output_names or _program_output_names(self.program))
+        self.output_names = json.loads(extra_files[OUTPUT_NAMES_KEY] or "null") or DEFAULT_OUTPUT_NAMES
 
     def run(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         device = next(iter(self.program.state_dict.values()), image).device
         with torch.no_grad():
             values = self.module(image.to(device))
         return {name: v.cpu() for name, v in zip(self.output_names, values)}
-
-
-def _program_output_names(program):
-    names = program.graph_module.meta.get("instseg_output_names") if hasattr(program, "graph_module") else None
-    if names:
-        return names
-    # the export modules return boxes, scores, classes, then the mask outputs
-    n = len(program.graph_signature.user_outputs)
-    return ["boxes", "scores", "classes", "mask_probs", "mask_scores"][:n]

@@ -20,6 +20,7 @@ EXPORTED = [MASK_RCNN, CENTERMASK, REFINEMASK, REFINEMASK_FASTER_BETTER, BLENDMA
 OPTS = ["MODEL.DEVICE", "cpu", *ZERO_THRESHOLDS, *RANDOM_WEIGHTS,
         "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "192"]
 SIZES = [(160, 192), (192, 160)]
+CLASS_NAMES = ["a", "b", "c"]  # the files keep a checkpoint's class names
 
 
 def decisive_mask_logits(model, scale=300.0):
@@ -50,7 +51,7 @@ def exported_setup(tmp_path_factory, config, opts, seed=0, adjust=decisive_mask_
     paths = {"onnx": str(root / "model.onnx"), "exported-program": str(root / "model.pt2")}
     with torch.no_grad():
         for fmt, path in paths.items():
-            export(module, fmt, path, example_image(*SIZES[0]))
+            export(module, fmt, path, example_image(*SIZES[0]), metadata={"thing_classes": CLASS_NAMES})
     return cfg, paths, model
 
 
@@ -111,6 +112,13 @@ def test_onnx_outputs_match_eager(exported):
         torch.testing.assert_close(got["mask_probs"], expected.pred_masks, atol=1e-4, rtol=0)
         if expected.has("mask_scores"):
             torch.testing.assert_close(got["mask_scores"], expected.mask_scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("predictor_class", [OnnxPredictor, ProgramPredictor], ids=["onnx", "exported-program"])
+def test_files_keep_class_names(exported, predictor_class):
+    cfg, paths, _ = exported
+    runner = predictor_class(cfg, paths["onnx" if predictor_class is OnnxPredictor else "exported-program"])
+    assert list(runner.metadata.thing_classes) == CLASS_NAMES
 
 
 def test_onnx_graph_has_standard_ops_only(exported):
