@@ -7,9 +7,9 @@ image height and width and with data-dependent detection counts (nonzero, NMS).
 from typing import List, Sequence, Tuple
 
 import torch
-from detectron2.modeling.poolers import assign_boxes_to_levels
-from detectron2.structures import Boxes
 from torch import Tensor, nn
+
+from .nms import nms
 
 
 class UnsupportedExportError(ValueError):
@@ -49,11 +49,15 @@ def clip_boxes(boxes: Tensor, height, width) -> Tensor:
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """torchvision's batched_nms by the coordinate offset trick (one NMS; ONNX NonMaxSuppression):
+    """torchvision's batched_nms by the coordinate offset trick (one NMS, instseg_export::nms; ONNX
+    NonMaxSuppression):
     the indices kept, by decreasing score."""
     boxes = boxes.float()
-    offsets = idxs.to(boxes) * (boxes.max() + 1)
-    return torch.ops.torchvision.nms(boxes + offsets[:, None], scores.float(), float(iou_threshold))
+    # the largest coordinate (a 0 joined: no detections are an empty max), >= 0 for every caller's
+    # boxes, so the offsets are torchvision's
+    max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return nms(boxes + offsets[:, None], scores.float(), float(iou_threshold))
 
 
 def select(t: Tensor, mask: Tensor) -> Tensor:
@@ -97,10 +101,10 @@ def pool_levels(pooler, features: Sequence[Tensor], boxes: Tensor, levels: Tenso
     rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
     if len(pooler.level_poolers) == 1:
         return pooler.level_poolers[0](features[0], rois)
-    if levels is None:
-        levels = assign_boxes_to_levels(
-            [Boxes(boxes)], pooler.min_level, pooler.max_level, pooler.canonical_box_size, pooler.canonical_level
-        )
+    if levels is None:  # detectron2's assign_boxes_to_levels (FPN paper Eq. 1) on a tensor
+        sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        levels = torch.floor(pooler.canonical_level + torch.log2(sizes / pooler.canonical_box_size + 1e-8))
+        levels = (levels.clamp(min=pooler.min_level, max=pooler.max_level) - pooler.min_level).to(torch.int64)
     output = None
     for level, (x, level_pooler) in enumerate(zip(features, pooler.level_poolers)):
         pooled = level_pooler(x, rois)

@@ -1,6 +1,8 @@
 """ONNX translations of this project's custom ops for torch.onnx.export(dynamo=True): each is emitted
 as standard ONNX, so that ONNX Runtime (or any runtime) runs the graph without a custom-op library.
 
+``instseg_export::nms`` (instseg/export/nms.py) -> ONNX ``NonMaxSuppression``.
+
 ``instseg::roi_align`` -> ONNX ``RoiAlign`` (opset >= 16): ``aligned=True`` is
 coordinate_transformation_mode "half_pixel", ``aligned=False`` is "output_half_pixel" (the legacy
 behaviour, which also clamps a box to at least 1 x 1 bins' size as our op does); sampling_ratio
@@ -34,4 +36,6 @@ def custom_translation_table() -> dict:
 
     import instseg.layers  # noqa: F401  (registers the ops)
 
-    return {torch.ops.instseg.roi_align.default: instseg_roi_align}
+    from .nms import onnx_nms
+
+    return {torch.ops.instseg.roi_align.default: instseg_roi_align, torch.ops.instseg_export.nms.default: onnx_nms}

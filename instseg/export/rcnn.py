@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..modeling.roi_heads import InstSegROIHeads
 from .common import (
-    class_mask_probs, fast_rcnn_detections, normalize_and_pad, pool_levels, require_type, rpn_proposals,
+    class_mask_probs, fast_rcnn_detections, normalize_and_pad, pad_rows, pool_levels, require_type, rpn_proposals,
     unsupported,
 )
 
@@ -71,9 +71,13 @@ class ExportRCNN(ExportBase):
         proposals, _ = rpn_proposals(rpn, [features[f] for f in rpn.in_features], height, width)
         heads = self.model.roi_heads
         boxes, scores, classes = self.detect(heads, features, proposals, height, width)
-        pooled = pool_levels(heads.mask_pooler, [features[f] for f in heads.mask_in_features], boxes)
-        mask_probs = class_mask_probs(heads.mask_head.layers(pooled), classes)
-        return boxes, scores, classes, mask_probs
+        # the mask head on exactly TEST.DETECTIONS_PER_IMAGE rows (pad_rows), then the D real ones
+        count = boxes.shape[0]
+        rows = heads.box_predictor.test_topk_per_image
+        head_boxes, head_classes = (pad_rows(boxes, rows), pad_rows(classes, rows)) if rows > 0 else (boxes, classes)
+        pooled = pool_levels(heads.mask_pooler, [features[f] for f in heads.mask_in_features], head_boxes)
+        mask_probs = class_mask_probs(heads.mask_head.layers(pooled), head_classes)
+        return boxes, scores, classes, mask_probs[:count]
 
     @staticmethod
     def detect(heads, features, proposals, height, width):
