@@ -5,6 +5,7 @@ the official code's faster-better variant of the head (SimpleRefineMaskHead).
 Importing this package registers RefineROIHeads (on top of Mask R-CNN's box branch) and the RefineMask
 meta-architecture.
 """
+from instseg.export import register_export_module
 from instseg.methods import register_method_config
 
 from .boundary import boundary_region, merge_stage
@@ -15,6 +16,7 @@ from .roi_heads import RefineROIHeads
 from .semantic_head import SemanticHead
 
 register_method_config(add_refinemask_config)  # instseg builds the project config with these keys too
+register_export_module("refinemask.meta_arch.RefineMask", "refinemask.export:ExportRefineMask")  # for projects/export.py
 
 __all__ = [
     "RefineMask",

@@ -6,7 +6,9 @@ build_export_module(model) wraps a model in its export module, a tensor-only for
 ProgramPredictor run the files with instseg.engine.Predictor's interface.
 """
 from .common import UnsupportedExportError
-from .exporter import FORMATS, build_export_module, example_image, export, export_onnx, export_program
+from .exporter import (
+    FORMATS, build_export_module, example_image, export, export_onnx, export_program, register_export_module,
+)
 from .predictor import ExportedPredictor, OnnxPredictor, ProgramPredictor
 
 __all__ = [
@@ -20,4 +22,5 @@ __all__ = [
     "export",
     "export_onnx",
     "export_program",
+    "register_export_module",
 ]

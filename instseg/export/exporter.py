@@ -23,14 +23,17 @@ OPSET = 18
 MAX_SIDE = 4096
 
 
-# meta-architecture (module.class) -> its export module (module:class), imported when used: a
-# method's package is imported only for its own models
+# meta-architecture (module.class) -> its export module ("module:class"), imported when used. The
+# methods register theirs when imported (register_export_module), so instseg names none of them.
 EXPORT_MODULES = {
     "detectron2.modeling.meta_arch.rcnn.GeneralizedRCNN": "instseg.export.rcnn:ExportRCNN",
-    "centermask.meta_arch.CenterMask": "instseg.export.centermask:ExportCenterMask",
-    "refinemask.meta_arch.RefineMask": "instseg.export.refinemask:ExportRefineMask",
-    "blendmask.blendmask.BlendMask": "instseg.export.blendmask:ExportBlendMask",
 }
+
+
+def register_export_module(meta_architecture: str, export_module: str) -> None:
+    """Declare the export module ("package.module:Class") of a meta-architecture class (its
+    "module.QualifiedName"); a method package calls this when imported."""
+    EXPORT_MODULES[meta_architecture] = export_module
 
 
 def build_export_module(model: nn.Module) -> nn.Module:

@@ -10,9 +10,9 @@ from refinemask.mask_head import MASK_HEADS
 from refinemask.roi_heads import RefineROIHeads
 from refinemask.semantic_head import SemanticHead
 
-from ..layers.poolers import ROIPooler
-from .common import pad_rows, pool_levels, require_type, rpn_proposals
-from .rcnn import ExportBase, ExportRCNN, check_box_head, check_rpn
+from instseg.layers.poolers import ROIPooler
+from instseg.export.common import pad_rows, pool_levels, require_type, rpn_proposals
+from instseg.export.rcnn import ExportBase, ExportRCNN, check_box_head, check_rpn
 
 
 class ExportRefineMask(ExportBase):

@@ -10,10 +10,10 @@ from centermask.roi_heads import CenterROIHeads
 from centermask.sag_mask_head import SpatialAttentionMaskHead
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
-from ..layers.poolers import ROIPooler
-from .common import class_mask_probs, pad_rows, pool_levels, require_type
-from .fcos import check_fcos, fcos_detections
-from .rcnn import ExportBase
+from instseg.layers.poolers import ROIPooler
+from instseg.export.common import class_mask_probs, pad_rows, pool_levels, require_type
+from instseg.export.fcos import check_fcos, fcos_detections
+from instseg.export.rcnn import ExportBase
 
 
 def ratio_levels(pooler, boxes: Tensor, height, width) -> Tensor:
