@@ -3,7 +3,11 @@ the module, and nothing is written."""
 import subprocess
 import sys
 
+import pytest
 from helpers import CONFIGS, RANDOM_WEIGHTS, run
+
+# each test exports models (tens of seconds each): the slow tier
+pytestmark = pytest.mark.slow
 
 
 def test_cli_writes_onnx_of_mask_rcnn(tmp_path):

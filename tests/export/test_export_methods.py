@@ -12,6 +12,9 @@ from instseg.export import (
     OnnxPredictor, ProgramPredictor, UnsupportedExportError, build_export_module, example_image, export,
 )
 
+# each test exports models (tens of seconds each): the slow tier
+pytestmark = pytest.mark.slow
+
 MASK_RCNN, CENTERMASK, BLENDMASK, REFINEMASK = CONFIGS
 REFINEMASK_FASTER_BETTER = "configs/RefineMask/refinemask_faster_better_R_18_FPN_shapes.yaml"
 EXPORTED = [MASK_RCNN, CENTERMASK, REFINEMASK, REFINEMASK_FASTER_BETTER, BLENDMASK]
@@ -155,6 +158,7 @@ def test_unsupported_meta_architecture_is_named():
     ],
     ids=["mask_rcnn-none", "centermask-none", "mask_rcnn-one"],
 )
+
 def test_no_or_one_detection(tmp_path_factory, config, extra, count):
     """The files run on images with no detection and with one (torchvision's NMS fake kernel would
     have made the exported program assert at least 2: instseg_export::nms)."""
