@@ -158,7 +158,6 @@ def test_unsupported_meta_architecture_is_named():
     ],
     ids=["mask_rcnn-none", "centermask-none", "mask_rcnn-one"],
 )
-
 def test_no_or_one_detection(tmp_path_factory, config, extra, count):
     """The files run on images with no detection and with one (torchvision's NMS fake kernel would
     have made the exported program assert at least 2: instseg_export::nms)."""
