@@ -34,7 +34,8 @@ def test_cli_refuses_unsupported_module(tmp_path):
 
 
 def test_demo_onnx_backend_matches_pytorch(tmp_path):
-    """projects/export.py then projects/demo.py --backend onnx: the COCO results of the eager model."""
+    """projects/export.py then projects/demo.py --backend onnxruntime --model: the COCO results of the
+    eager model."""
     import json
 
     import numpy as np
@@ -54,13 +55,24 @@ def test_demo_onnx_backend_matches_pytorch(tmp_path):
     run("projects/export.py", "--config-file", CONFIGS[0], "--format", "onnx", "--output", str(onnx_file),
         "--opts", "MODEL.WEIGHTS", str(weights), *opts)
     results = {}
-    for backend, model_file in (("pytorch", weights), ("onnx", onnx_file)):
+    for backend, model_args in (("pytorch", []), ("onnxruntime", ["--model", str(onnx_file)])):
         out = tmp_path / f"{backend}.json"
         run("projects/demo.py", "--config-file", CONFIGS[0], "--input", str(tmp_path / "a.png"), "--output-json",
-            str(out), "--backend", backend, "--confidence-threshold", "0.05", "--opts", "MODEL.WEIGHTS", str(model_file), *opts)
+            str(out), "--backend", backend, *model_args, "--confidence-threshold", "0.05",
+            "--opts", "MODEL.WEIGHTS", str(weights), *opts)
         results[backend] = json.loads(out.read_text())
-    expected, got = results["pytorch"], results["onnx"]
+    expected, got = results["pytorch"], results["onnxruntime"]
     assert len(got) == len(expected) > 0
     assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
     np.testing.assert_allclose([r["bbox"] for r in got], [r["bbox"] for r in expected], atol=1e-2)
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
+
+
+@pytest.mark.parametrize("backend_args, message", [
+    (["--backend", "onnxruntime"], "--backend onnxruntime needs --model"),
+    (["--model", "model.onnx"], "--model is the exported file of --backend onnxruntime / exported-program"),
+])
+def test_demo_backend_and_model_go_together(tmp_path, backend_args, message):
+    proc = subprocess.run([sys.executable, "projects/demo.py", "--config-file", CONFIGS[0], "--input", str(tmp_path),
+                           "--output", str(tmp_path / "pictures"), *backend_args], capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr
