@@ -7,14 +7,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from blendmask.basis_module import BasisModule
-from blendmask.blendmask import BlendMask
-
-from instseg.layers.conv_at import conv2d_at
-from instseg.layers.roi_align import roi_align
 from instseg.export.common import require_type
 from instseg.export.fcos import check_fcos, fcos_detections
 from instseg.export.rcnn import ExportBase
+from instseg.layers.conv_at import conv2d_at
+from instseg.layers.roi_align import roi_align
+
+from .basis_module import BasisModule
+from .blendmask import BlendMask
 
 
 def attentions_at_locations(top_layer, box_tower, locations: Tensor) -> Tensor:

@@ -3,17 +3,17 @@ from typing import Tuple
 
 import torch
 from detectron2.modeling.poolers import ROIPooler as D2ROIPooler
+from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 from torch import Tensor
 
-from centermask.maskiou_head import MaskIoUHead
-from centermask.roi_heads import CenterROIHeads
-from centermask.sag_mask_head import SpatialAttentionMaskHead
-from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
-
-from instseg.layers.poolers import ROIPooler
 from instseg.export.common import class_mask_probs, pad_rows, pool_levels, require_type
 from instseg.export.fcos import check_fcos, fcos_detections
 from instseg.export.rcnn import ExportBase
+from instseg.layers.poolers import ROIPooler
+
+from .maskiou_head import MaskIoUHead
+from .roi_heads import CenterROIHeads
+from .sag_mask_head import SpatialAttentionMaskHead
 
 
 def ratio_levels(pooler, boxes: Tensor, height, width) -> Tensor:

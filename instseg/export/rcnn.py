@@ -56,6 +56,11 @@ class ExportRCNN(ExportBase):
 
     def __init__(self, model: GeneralizedRCNN):
         super().__init__(model)
+        self.check(model)
+
+    @staticmethod
+    def check(model) -> None:
+        """UnsupportedExportError unless this module reproduces `model` (subclasses: their heads)."""
         check_rpn(model)
         roi_heads = model.roi_heads
         require_type("roi_heads", roi_heads, (StandardROIHeads, InstSegROIHeads))
@@ -71,13 +76,17 @@ class ExportRCNN(ExportBase):
         proposals, _ = rpn_proposals(rpn, [features[f] for f in rpn.in_features], height, width)
         heads = self.model.roi_heads
         boxes, scores, classes = self.detect(heads, features, proposals, height, width)
-        # the mask head on exactly TEST.DETECTIONS_PER_IMAGE rows (pad_rows), then the D real ones
-        count = boxes.shape[0]
+        # the mask head on exactly TEST.DETECTIONS_PER_IMAGE rows (pad_rows), then the D real ones:
+        # heads that check or split their rows in Python then see a static count
         rows = heads.box_predictor.test_topk_per_image
         head_boxes, head_classes = (pad_rows(boxes, rows), pad_rows(classes, rows)) if rows > 0 else (boxes, classes)
         pooled = pool_levels(heads.mask_pooler, [features[f] for f in heads.mask_in_features], head_boxes)
-        mask_probs = class_mask_probs(heads.mask_head.layers(pooled), head_classes)
-        return boxes, scores, classes, mask_probs[:count]
+        return boxes, scores, classes, self.mask_probs(features, pooled, head_boxes, head_classes)[: boxes.shape[0]]
+
+    def mask_probs(self, features, pooled: Tensor, boxes: Tensor, classes: Tensor) -> Tensor:
+        """(R, 1, M, M) mask probabilities of the R (padded) detections' classes, from their pooled
+        (R, C, S, S) features."""
+        return class_mask_probs(self.model.roi_heads.mask_head.layers(pooled), classes)
 
     @staticmethod
     def detect(heads, features, proposals, height, width):
