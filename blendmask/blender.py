@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from instseg.layers import ATTN_INTERPS, blend, blend_reference, boxes_for, rois_from_indices
-from instseg.modeling import FCOSPositives, crop_gt_masks
+from instseg.modeling import FCOSPositives, crop_gt_masks, set_per_image
 
 from .config import BLENDER_IMPLS
 
@@ -118,5 +118,4 @@ class Blender:
         probs = self._masks(bases, image_inds, boxes, attn).sigmoid()[:, None] if len(boxes) else (
             bases.new_zeros((0, 1, self.output_size, self.output_size))
         )
-        for det, masks in zip(detections, probs.split([len(d) for d in detections])):
-            det.pred_masks = masks
+        set_per_image(detections, "pred_masks", probs)
