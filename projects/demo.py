@@ -29,6 +29,8 @@ from instseg.data.mapper import read_image
 from instseg.engine import Predictor, build_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# --backend of an exported file -> the projects/export.py --format that wrote it
+BACKEND_FORMATS = {"onnxruntime": "onnx", "torchscript": "torchscript", "exported-program": "exported-program"}
 
 
 def list_images(inputs):
@@ -131,17 +133,18 @@ def main():
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--max-images", type=int, default=0, help="use only the first N images (0: all)")
     parser.add_argument(
-        "--backend", choices=("pytorch", "onnxruntime", "exported-program"), default="pytorch",
-        help="what runs the model: pytorch (the eager model of MODEL.WEIGHTS), onnxruntime (a .onnx file) or "
-        "exported-program (a torch.export .pt2 file), the file projects/export.py wrote (--model)",
+        "--backend", choices=("pytorch", *BACKEND_FORMATS), default="pytorch",
+        help="what runs the model: pytorch (the eager model of MODEL.WEIGHTS), onnxruntime (a .onnx file), "
+        "torchscript (a .ts file) or exported-program (a torch.export .pt2 file), the file projects/export.py "
+        "wrote (--model)",
     )
-    parser.add_argument("--model", help="the exported file of the onnxruntime and exported-program backends")
+    parser.add_argument("--model", help="the exported file of the onnxruntime, torchscript and exported-program backends")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = parser.parse_args()
     if args.backend != "pytorch" and not args.model:
         parser.error(f"--backend {args.backend} needs --model, the file projects/export.py wrote")
     if args.backend == "pytorch" and args.model:
-        parser.error("--model is the exported file of --backend onnxruntime / exported-program; "
+        parser.error("--model is the exported file of --backend onnxruntime / torchscript / exported-program; "
                      "the pytorch backend loads MODEL.WEIGHTS")
     if not (args.output or args.output_json):
         parser.error("nothing to write: give --output (pictures), --output-json (COCO results) or both")
@@ -155,9 +158,9 @@ def main():
     if args.backend == "pytorch":
         predictor = Predictor(cfg)
     else:  # the exported model keeps every detection it was exported with; the threshold filters here
-        from instseg.export import OnnxPredictor, ProgramPredictor
+        from instseg.export import PREDICTORS
 
-        predictor = (OnnxPredictor if args.backend == "onnxruntime" else ProgramPredictor)(cfg, args.model)
+        predictor = PREDICTORS[BACKEND_FORMATS[args.backend]](cfg, args.model)
     image_ids = ImageIds(args.coco_json) if args.coco_json else None
     category_ids = dataset_category_ids(predictor.metadata, cfg.MODEL.ROI_HEADS.NUM_CLASSES, image_ids)
     paths = list_images(args.input)

@@ -60,6 +60,14 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return nms(boxes + offsets[:, None], scores.float(), float(iou_threshold))
 
 
+def at_most(size, k: int):
+    """min(size, k) of a tensor's size: a SymInt under torch.export, a 0-dim tensor under
+    torch.jit.trace (which records sizes as tensors, so that the trace stays dynamic)."""
+    if isinstance(size, Tensor):
+        return size.clamp(max=k)
+    return torch.sym_min(size, k)
+
+
 def select(t: Tensor, mask: Tensor) -> Tensor:
     """t[mask] for a (N,) mask, as an index_select of its nonzero entries."""
     return t.index_select(0, torch.nonzero(mask).reshape(-1))
@@ -78,7 +86,7 @@ def rpn_proposals(rpn, features: List[Tensor], height, width) -> Tuple[Tensor, T
         logits_i = logits_i.permute(0, 2, 3, 1).reshape(-1)
         deltas_i = deltas_i.view(1, -1, box_dim, deltas_i.shape[-2], deltas_i.shape[-1]).permute(0, 3, 4, 1, 2)
         proposals_i = rpn.box2box_transform.apply_deltas(deltas_i.reshape(-1, box_dim), anchors_i.tensor)
-        k = torch.sym_min(logits_i.shape[0], pre_nms_topk)
+        k = at_most(logits_i.shape[0], pre_nms_topk)
         scores_i, idx = logits_i.topk(k)
         all_scores.append(scores_i)
         all_boxes.append(proposals_i[idx])

@@ -1,12 +1,13 @@
-"""Exporting a model to ONNX (run by ONNX Runtime) or to a torch.export ExportedProgram (.pt2).
+"""Exporting a model to ONNX (run by ONNX Runtime), to TorchScript (traced, .ts) or to a
+torch.export ExportedProgram (.pt2).
 
-Both start from the method's export module (build_export_module): a (3, H, W) float32 image, resized
+All start from the method's export module (build_export_module): a (3, H, W) float32 image, resized
 as cfg's test transform and in cfg.INPUT.FORMAT channel order, 0-255, with a dynamic height and
 width -> flat tensors (see the module's output_names).
 """
 import json
 import logging
-from typing import Tuple
+import warnings
 
 import torch
 from torch import nn
@@ -15,8 +16,8 @@ from .common import UnsupportedExportError, unsupported
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "exported-program")
-DEFAULT_EXTENSIONS = {"onnx": ".onnx", "exported-program": ".pt2"}
+FORMATS = ("onnx", "torchscript", "exported-program")
+DEFAULT_EXTENSIONS = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}
 OPSET = 18
 # the largest image side an exported model takes (a dynamic dimension needs a range); the smallest
 # is min_side(model)
@@ -88,8 +89,36 @@ def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.expo
         ) from e
 
 
+def trace(module: nn.Module, image: torch.Tensor = None) -> torch.jit.ScriptModule:
+    """torch.jit.trace of the export module. The tracer records sizes as tensors (instseg.export.
+    common.at_most), so the trace is dynamic in height and width; it is checked on a second image
+    of other sides, where a size baked in as a constant would change the outputs."""
+    side = min_side(module)
+    image = example_image(side + 31, side + 63) if image is None else image
+    if min(image.shape[-2:]) < side:
+        raise ValueError(f"the example image {tuple(image.shape)} of the export needs sides of at least {side} pixels")
+    name = type(module.model).__qualname__
+    try:
+        with warnings.catch_warnings():
+            # the checks below replace the tracer's warnings about Python values in the trace
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(module, (image,), check_trace=False)
+    except Exception as e:
+        raise UnsupportedExportError(f"torch.jit.trace failed on {name}: {type(e).__name__}: {str(e)[:2000]}") from e
+    height, width = image.shape[-2:]
+    other = example_image(width + 32, height + 64, seed=1)  # other sides, other strides' remainders
+    for expected, got, output in zip(module(other), traced(other), module.output_names):
+        if expected.shape != got.shape or not torch.allclose(expected, got, atol=1e-4, rtol=0):
+            raise UnsupportedExportError(
+                f"the TorchScript trace of {name} is not dynamic: its {output} on a {tuple(other.shape)} image "
+                f"differ from the module's ({tuple(got.shape)} vs {tuple(expected.shape)}); a size became a constant"
+            )
+    return traced
+
+
 METADATA_KEY = "instseg_metadata"  # the checkpoint's "metadata" (class names), as JSON, in the file
-OUTPUT_NAMES_KEY = "instseg_output_names"  # the .pt2's output names, as JSON
+OUTPUT_NAMES_KEY = "instseg_output_names"  # the .pt2's and .ts's output names, as JSON
+MIN_SIDE_KEY = "instseg_min_side"  # the smallest image side the .pt2 takes (ONNX and TorchScript: any)
 
 
 def export_onnx(module: nn.Module, path: str, image: torch.Tensor = None, program=None, metadata=None) -> None:
@@ -121,9 +150,9 @@ def export_onnx(module: nn.Module, path: str, image: torch.Tensor = None, progra
         raise UnsupportedExportError(f"the ONNX graph of {path} has non-standard ops: {custom}")
 
 
-def save_program(program, path: str, output_names, metadata=None) -> None:
-    extra_files = {OUTPUT_NAMES_KEY: json.dumps(list(output_names)), METADATA_KEY: json.dumps(metadata or {})}
-    torch.export.save(program, path, extra_files=extra_files)
+def extra_files(module: nn.Module, metadata=None) -> dict:
+    """What the .pt2 and .ts files keep besides the model: its output names and the metadata."""
+    return {OUTPUT_NAMES_KEY: json.dumps(list(module.output_names)), METADATA_KEY: json.dumps(metadata or {})}
 
 
 def export(module: nn.Module, fmt: str, path: str, image: torch.Tensor = None, metadata: dict = None) -> None:
@@ -131,8 +160,12 @@ def export(module: nn.Module, fmt: str, path: str, image: torch.Tensor = None, m
     checkpoint's "metadata" (class names), kept in the file for the predictors."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "torchscript":
+        torch.jit.save(trace(module, image), path, _extra_files=extra_files(module, metadata))
+        return
     program = export_program(module, image)
     if fmt == "exported-program":
-        save_program(program, path, module.output_names, metadata)
+        files = dict(extra_files(module, metadata), **{MIN_SIDE_KEY: str(min_side(module))})
+        torch.export.save(program, path, extra_files=files)
     else:
         export_onnx(module, path, image, program, metadata)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..modeling.fcos import FCOS
 from ..modeling.fcos.targets import compute_locations
-from .common import batched_nms, clip_boxes, require_type
+from .common import at_most, batched_nms, clip_boxes, require_type
 
 
 def check_fcos(path: str, fcos) -> None:
@@ -36,7 +36,7 @@ def fcos_detections(fcos: FCOS, features: List[Tensor], height, width, keep_box_
         thresholded = ranking if fcos.thresh_with_ctr else cls_scores
         flat = torch.nonzero((thresholded > threshold).reshape(-1)).reshape(-1)
         candidates = ranking.reshape(-1)[flat]
-        top_scores, top = candidates.topk(torch.sym_min(candidates.shape[0], pre_nms_topk))
+        top_scores, top = candidates.topk(at_most(candidates.shape[0], pre_nms_topk))
         flat = flat[top]
         loc, cls = flat // num_classes, flat % num_classes
         distances = reg[0].permute(1, 2, 0).reshape(-1, 4)[loc] * float(stride)

@@ -17,7 +17,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..engine.predictor import prediction_metadata
-from .exporter import METADATA_KEY, OUTPUT_NAMES_KEY
+from .exporter import METADATA_KEY, MIN_SIDE_KEY, OUTPUT_NAMES_KEY
 
 DEFAULT_OUTPUT_NAMES = ["boxes", "scores", "classes", "mask_probs"]
 # output name of an export module -> Instances field
@@ -92,22 +92,53 @@ class OnnxPredictor(ExportedPredictor):
         return {name: torch.from_numpy(v) for name, v in zip(self.output_names, values)}
 
 
-class ProgramPredictor(ExportedPredictor):
-    """Runs a .pt2 ExportedProgram written by projects/export.py (torch.export.load)."""
+class TorchModulePredictor(ExportedPredictor):
+    """Runs a torch module loaded from an exported file (`load`: the module and the file's extra
+    files), on the CPU."""
 
     def __init__(self, cfg, path: str):
-        import instseg.layers  # noqa: F401  (the program may call this project's ops)
+        import instseg.layers  # noqa: F401  (the file may call this project's ops)
+        import instseg.export.nms  # noqa: F401  (and instseg_export::nms)
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"exported model {path!r} does not exist")
-        extra_files = {OUTPUT_NAMES_KEY: "", METADATA_KEY: ""}
-        self.program = torch.export.load(path, extra_files=extra_files)
+        extra_files = {OUTPUT_NAMES_KEY: "", METADATA_KEY: "", MIN_SIDE_KEY: ""}
+        self.module = self.load(path, extra_files)
         super().__init__(cfg, path, json.loads(extra_files[METADATA_KEY] or "{}") or None)
-        self.module = self.program.module()
         self.output_names = json.loads(extra_files[OUTPUT_NAMES_KEY] or "null") or DEFAULT_OUTPUT_NAMES
+        self.min_side = int(extra_files[MIN_SIDE_KEY] or 1)
+
+    @staticmethod
+    def load(path: str, extra_files: dict):
+        raise NotImplementedError
 
     def run(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        device = next(iter(self.program.state_dict.values()), image).device
+        if min(image.shape[-2:]) < self.min_side:
+            raise ValueError(
+                f"{self.path} takes images of at least {self.min_side} px a side; the resized image is "
+                f"{image.shape[-1]}x{image.shape[-2]} (INPUT.MIN_SIZE_TEST {self.cfg.INPUT.MIN_SIZE_TEST}, "
+                f"MAX_SIZE_TEST {self.cfg.INPUT.MAX_SIZE_TEST}); the onnx and torchscript formats take any size"
+            )
         with torch.no_grad():
-            values = self.module(image.to(device))
-        return {name: v.cpu() for name, v in zip(self.output_names, values)}
+            values = self.module(image)
+        return dict(zip(self.output_names, values))
+
+
+class ProgramPredictor(TorchModulePredictor):
+    """Runs a .pt2 ExportedProgram written by projects/export.py (torch.export.load)."""
+
+    @staticmethod
+    def load(path, extra_files):
+        return torch.export.load(path, extra_files=extra_files).module()
+
+
+class TorchScriptPredictor(TorchModulePredictor):
+    """Runs a .ts TorchScript trace written by projects/export.py (torch.jit.load)."""
+
+    @staticmethod
+    def load(path, extra_files):
+        return torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
+
+
+# projects/export.py --format -> the predictor that runs its files
+PREDICTORS = {"onnx": OnnxPredictor, "torchscript": TorchScriptPredictor, "exported-program": ProgramPredictor}

@@ -33,9 +33,9 @@ def test_cli_refuses_unsupported_module(tmp_path):
     assert not output.exists()
 
 
-def test_demo_onnx_backend_matches_pytorch(tmp_path):
-    """projects/export.py then projects/demo.py --backend onnxruntime --model: the COCO results of the
-    eager model."""
+def test_demo_exported_backends_match_pytorch(tmp_path):
+    """projects/export.py then projects/demo.py --backend onnxruntime / torchscript --model: the COCO
+    results of the eager model."""
     import json
 
     import numpy as np
@@ -51,26 +51,31 @@ def test_demo_onnx_backend_matches_pytorch(tmp_path):
     weights = tmp_path / "model.pth"
     torch.save({"model": build_model(cfg).state_dict()}, weights)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    onnx_file = tmp_path / "model.onnx"
-    run("projects/export.py", "--config-file", CONFIGS[0], "--format", "onnx", "--output", str(onnx_file),
-        "--opts", "MODEL.WEIGHTS", str(weights), *opts)
     results = {}
-    for backend, model_args in (("pytorch", []), ("onnxruntime", ["--model", str(onnx_file)])):
+    for backend, fmt in (("pytorch", None), ("onnxruntime", "onnx"), ("torchscript", "torchscript")):
+        model_args = []
+        if fmt:
+            model_file = tmp_path / f"model.{fmt}"
+            run("projects/export.py", "--config-file", CONFIGS[0], "--format", fmt, "--output", str(model_file),
+                "--opts", "MODEL.WEIGHTS", str(weights), *opts)
+            model_args = ["--model", str(model_file)]
         out = tmp_path / f"{backend}.json"
         run("projects/demo.py", "--config-file", CONFIGS[0], "--input", str(tmp_path / "a.png"), "--output-json",
             str(out), "--backend", backend, *model_args, "--confidence-threshold", "0.05",
             "--opts", "MODEL.WEIGHTS", str(weights), *opts)
         results[backend] = json.loads(out.read_text())
-    expected, got = results["pytorch"], results["onnxruntime"]
-    assert len(got) == len(expected) > 0
-    assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
-    np.testing.assert_allclose([r["bbox"] for r in got], [r["bbox"] for r in expected], atol=1e-2)
-    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
+    expected = results.pop("pytorch")
+    assert len(expected) > 0
+    for backend, got in results.items():
+        assert len(got) == len(expected), backend
+        assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
+        np.testing.assert_allclose([r["bbox"] for r in got], [r["bbox"] for r in expected], atol=1e-2)
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
 
 
 @pytest.mark.parametrize("backend_args, message", [
     (["--backend", "onnxruntime"], "--backend onnxruntime needs --model"),
-    (["--model", "model.onnx"], "--model is the exported file of --backend onnxruntime / exported-program"),
+    (["--model", "model.onnx"], "--model is the exported file of --backend onnxruntime / torchscript / exported-program"),
 ])
 def test_demo_backend_and_model_go_together(tmp_path, backend_args, message):
     proc = subprocess.run([sys.executable, "projects/demo.py", "--config-file", CONFIGS[0], "--input", str(tmp_path),

@@ -1,23 +1,31 @@
-"""Every exportable method end to end (instseg.export): ONNX run by ONNX Runtime and the
-torch.export ExportedProgram give the eager model's detections on two image sizes (a randomly
-initialised model keeping every detection)."""
+"""Every exportable method end to end (instseg.export): ONNX run by ONNX Runtime, the TorchScript
+trace and the torch.export ExportedProgram give the eager model's detections on two image sizes,
+for a randomly initialised model and for one trained a few iterations on the embedded data (both
+keeping every detection)."""
 import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
 
-from helpers import CONFIGS, RANDOM_WEIGHTS, ZERO_THRESHOLDS
+from helpers import CONFIGS, RANDOM_WEIGHTS, TINY, ZERO_THRESHOLDS, run
+from instseg.checkpoint import load_inference_weights
 from instseg.engine import Predictor, build_config
 from instseg.export import (
-    OnnxPredictor, ProgramPredictor, UnsupportedExportError, build_export_module, example_image, export,
+    FORMATS, PREDICTORS, OnnxPredictor, UnsupportedExportError, build_export_module, example_image, export,
 )
+from instseg.export.exporter import DEFAULT_EXTENSIONS
 
 # each test exports models (tens of seconds each): the slow tier
 pytestmark = pytest.mark.slow
 
 MASK_RCNN, CENTERMASK, BLENDMASK, REFINEMASK = CONFIGS
 REFINEMASK_FASTER_BETTER = "configs/RefineMask/refinemask_faster_better_R_18_FPN_shapes.yaml"
-EXPORTED = [MASK_RCNN, CENTERMASK, REFINEMASK, REFINEMASK_FASTER_BETTER, BLENDMASK]
+BLENDMASK_RT = "configs/BlendMask/RT_R_50_4x_syncbn_shtw.yaml"
+# the RT config (COCO, ImageNet weights, SyncBN) on the embedded data, from scratch on one process
+RT_ON_SHAPES = ["MODEL.WEIGHTS", "", "DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
+                "MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MASK_FORMAT", "bitmask", "MODEL.RESNETS.NORM", "BN"]
+EXPORTED = [MASK_RCNN, CENTERMASK, REFINEMASK, REFINEMASK_FASTER_BETTER, BLENDMASK, BLENDMASK_RT]
+TRAINED = [MASK_RCNN, CENTERMASK, REFINEMASK, BLENDMASK, BLENDMASK_RT]
 # every detection kept (a random model's scores are near their prior); images kept at their size,
 # which is above FCOS's 129 px minimum (instseg.export.exporter.min_side)
 OPTS = ["MODEL.DEVICE", "cpu", *ZERO_THRESHOLDS, *RANDOM_WEIGHTS,
@@ -39,19 +47,27 @@ def decisive_mask_logits(model, scale=300.0):
                 layer.weight.mul_(scale)
 
 
-def exported_setup(tmp_path_factory, config, opts, seed=0, adjust=decisive_mask_logits):
-    """A randomly initialised model (seed `seed`, then `adjust`ed) saved as a checkpoint, its
-    config, the model, and it exported to ONNX and to an ExportedProgram (at SIZES[0])."""
+def config_opts(config):
+    return (RT_ON_SHAPES if config == BLENDMASK_RT else []) + OPTS
+
+
+def exported_setup(tmp_path_factory, config, opts, seed=0, adjust=decisive_mask_logits, weights=None):
+    """A model of checkpoint `weights`, or else a randomly initialised one (seed `seed`, then
+    `adjust`ed) saved as a checkpoint: its config, the model, and it exported to every format (at
+    SIZES[0]): {format: path}."""
     root = tmp_path_factory.mktemp("export")
-    cfg = build_config(config, opts, task="predict")
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    adjust(model)
-    weights = str(root / "model.pth")
-    torch.save({"model": model.state_dict()}, weights)
+    if weights is None:
+        cfg = build_config(config, opts, task="predict")
+        torch.manual_seed(seed)
+        model = build_model(cfg).eval()
+        adjust(model)
+        weights = str(root / "model.pth")
+        torch.save({"model": model.state_dict()}, weights)
     cfg = build_config(config, opts + ["MODEL.WEIGHTS", weights], task="predict")
+    model = build_model(cfg).eval()
+    load_inference_weights(model, cfg)
     module = build_export_module(model)
-    paths = {"onnx": str(root / "model.onnx"), "exported-program": str(root / "model.pt2")}
+    paths = {fmt: str(root / ("model" + DEFAULT_EXTENSIONS[fmt])) for fmt in FORMATS}
     with torch.no_grad():
         for fmt, path in paths.items():
             export(module, fmt, path, example_image(*SIZES[0]), metadata={"thing_classes": CLASS_NAMES})
@@ -69,8 +85,24 @@ def mask_ious(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def assert_same_detections(got, expected):
+def in_expected_order(got, expected):
+    """`got` reordered so that each detection stands at the place of the expected one it matches
+    (its class, its score within 1e-4, its box within 1e-2 px): detections whose scores differ by
+    float rounding only may come sorted either way."""
     assert len(got) == len(expected) > 0
+    order, free = [], list(range(len(got)))
+    for i in range(len(expected)):
+        box_diff = (got.pred_boxes.tensor[free] - expected.pred_boxes.tensor[i]).abs().amax(dim=1)
+        close = ((got.pred_classes[free] == expected.pred_classes[i]) & (box_diff <= 1e-2)
+                 & ((got.scores[free] - expected.scores[i]).abs() <= 1e-4))
+        assert close.any(), (f"expected detection {i} (class {expected.pred_classes[i]}, score {expected.scores[i]:.6f}, "
+                             f"box {expected.pred_boxes.tensor[i].tolist()}) has no match")
+        order.append(free.pop(int(torch.nonzero(close)[0])))
+    return got[torch.tensor(order)]
+
+
+def assert_same_detections(got, expected):
+    got = in_expected_order(got, expected)
     assert torch.equal(got.pred_classes.long(), expected.pred_classes.long())
     torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-2, rtol=0)
     torch.testing.assert_close(got.scores, expected.scores, atol=1e-4, rtol=0)
@@ -82,21 +114,64 @@ def assert_same_detections(got, expected):
             torch.testing.assert_close(got.get(field), expected.get(field), atol=1e-4, rtol=0)
 
 
-@pytest.fixture(scope="module", params=EXPORTED, ids=lambda c: c.split("/")[-1][: -len(".yaml")])
+def config_id(config):
+    return config.split("/")[-1][: -len(".yaml")]
+
+
+@pytest.fixture(scope="module", params=EXPORTED, ids=config_id)
 def exported(request, tmp_path_factory):
-    return exported_setup(tmp_path_factory, request.param, OPTS)
+    return exported_setup(tmp_path_factory, request.param, config_opts(request.param))
 
 
-@pytest.mark.parametrize("predictor_class", [OnnxPredictor, ProgramPredictor], ids=["onnx", "exported-program"])
-def test_exported_matches_eager(exported, predictor_class):
-    cfg, paths, _ = exported
+@pytest.fixture(scope="module", params=TRAINED, ids=config_id)
+def trained_exported(request, tmp_path_factory):
+    """The config trained a few iterations by projects/train_net.py (a fresh process, SEED 0),
+    exported."""
+    config, output_dir = request.param, str(tmp_path_factory.mktemp("trained"))
+    run("projects/train_net.py", "--config-file", config, *(RT_ON_SHAPES if config == BLENDMASK_RT else []),
+        *TINY, "SEED", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", output_dir)
+    return exported_setup(tmp_path_factory, config, config_opts(config), weights=f"{output_dir}/model_final.pth")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exported_matches_eager(exported, fmt):
+    assert_matches_eager(*exported[:2], fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_trained_exported_matches_eager(trained_exported, fmt):
+    assert_matches_eager(*trained_exported[:2], fmt)
+
+
+def assert_matches_eager(cfg, paths, fmt):
     eager = Predictor(cfg)
-    runner = predictor_class(cfg, paths["onnx" if predictor_class is OnnxPredictor else "exported-program"])
+    runner = PREDICTORS[fmt](cfg, paths[fmt])
     for image in images():
         expected = eager(image)["instances"]
         got = runner(image)["instances"]
         assert got.image_size == expected.image_size == image.shape[:2]
         assert_same_detections(got, expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_images_below_the_programs_minimum_side(exported, fmt):
+    """A 56 px high resized image, under the coarsest feature map's stride (64 or 128 px): ONNX
+    Runtime and the TorchScript trace give the eager model's detections; the ExportedProgram, which
+    needs stride + 1 px, is a clear error."""
+    cfg, paths, _ = exported
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 56, 400
+    cfg.freeze()
+    image = np.random.default_rng(1).integers(0, 256, (70, 400, 3), dtype=np.uint8)
+    runner = PREDICTORS[fmt](cfg, paths[fmt])
+    if fmt == "exported-program":
+        with pytest.raises(ValueError, match=r"takes images of at least (65|129) px a side; the resized image is 320x56"):
+            runner(image)
+        return
+    expected, got = Predictor(cfg)(image)["instances"], runner(image)["instances"]
+    assert got.image_size == expected.image_size == image.shape[:2]
+    assert_same_detections(got, expected)
 
 
 def test_onnx_outputs_match_eager(exported):
@@ -117,10 +192,10 @@ def test_onnx_outputs_match_eager(exported):
             torch.testing.assert_close(got["mask_scores"], expected.mask_scores, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("predictor_class", [OnnxPredictor, ProgramPredictor], ids=["onnx", "exported-program"])
-def test_files_keep_class_names(exported, predictor_class):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_files_keep_class_names(exported, fmt):
     cfg, paths, _ = exported
-    runner = predictor_class(cfg, paths["onnx" if predictor_class is OnnxPredictor else "exported-program"])
+    runner = PREDICTORS[fmt](cfg, paths[fmt])
     assert list(runner.metadata.thing_classes) == CLASS_NAMES
 
 
@@ -161,10 +236,10 @@ def test_unsupported_meta_architecture_is_named():
 def test_no_or_one_detection(tmp_path_factory, config, extra, count):
     """The files run on images with no detection and with one (torchvision's NMS fake kernel would
     have made the exported program assert at least 2: instseg_export::nms)."""
-    cfg, paths, _ = exported_setup(tmp_path_factory, config, OPTS + extra)
+    cfg, paths, _ = exported_setup(tmp_path_factory, config, config_opts(config) + extra)
     eager = Predictor(cfg)
-    for fmt, predictor_class in (("onnx", OnnxPredictor), ("exported-program", ProgramPredictor)):
-        runner = predictor_class(cfg, paths[fmt])
+    for fmt in FORMATS:
+        runner = PREDICTORS[fmt](cfg, paths[fmt])
         for image in images():
             expected, got = eager(image)["instances"], runner(image)["instances"]
             assert len(expected) == len(got) == count
