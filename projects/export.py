@@ -1,18 +1,21 @@
-"""Export a model end to end to ONNX (run by ONNX Runtime) or to a torch.export ExportedProgram.
+"""Export a model end to end to ONNX (run by ONNX Runtime), to TorchScript (a trace) or to a
+torch.export ExportedProgram.
 
     python projects/export.py --config-file configs/MaskRCNN/mask_rcnn_R_18_FPN_shapes.yaml \\
         --format onnx --output output/mask_rcnn.onnx \\
         --opts MODEL.WEIGHTS output/mask_rcnn_R_18_FPN_shapes/model_final.pth
+    python projects/export.py --config-file ... --format torchscript --output output/mask_rcnn.ts
     python projects/export.py --config-file ... --format exported-program --output output/mask_rcnn.pt2
 
 The exported model takes one (3, H, W) float32 image: resized as the config's test transform
 (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), in INPUT.FORMAT channel order, 0-255 values; H and W are
-dynamic (from the coarsest feature map's stride + 1 pixels, 65 for Mask R-CNN and 129 for FCOS's
-P7, to 4096). It returns the final detections: boxes (D, 4) in that image's
-coordinates, scores (D,), classes (D,) int64 and mask_probs (D, 1, M, M) that detectron2's
-paste_masks_in_image turns into full-size masks (instseg.export.OnnxPredictor / ProgramPredictor do
-all of it, with instseg.engine.Predictor's interface; docs/export.md). A model or module without an
-export path is an error naming the module and why; nothing is written then.
+dynamic (any size in ONNX and TorchScript; in the ExportedProgram from the coarsest feature map's
+stride + 1 pixels, 65 for Mask R-CNN and 129 for FCOS's P7, to 4096). It returns the final
+detections: boxes (D, 4) in that image's coordinates, scores (D,), classes (D,) int64 and
+mask_probs (D, 1, M, M) that detectron2's paste_masks_in_image turns into full-size masks
+(instseg.export.OnnxPredictor / TorchScriptPredictor / ProgramPredictor do all of it, with
+instseg.engine.Predictor's interface; docs/export.md). A model or module without an export path is
+an error naming the module and why; nothing is written then.
 """
 import argparse
 import os
@@ -33,7 +36,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--output", help="the file to write (default: OUTPUT_DIR/model.onnx or model.pt2)")
+    parser.add_argument("--output", help="the file to write (default: OUTPUT_DIR/model.onnx, model.ts or model.pt2)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="instseg")
