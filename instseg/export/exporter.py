@@ -69,12 +69,19 @@ def dynamic_shapes(module: nn.Module):
     return {"image": {1: height, 2: width}}
 
 
-def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.export.ExportedProgram":
-    """torch.export.export of the export module with a dynamic image height and width."""
+def example_input(module: nn.Module, image: torch.Tensor = None) -> torch.Tensor:
+    """The image an export traces `module` with: `image`, checked against min_side, or else an
+    example image a little above it."""
     side = min_side(module)
     image = example_image(side + 31, side + 63) if image is None else image
     if min(image.shape[-2:]) < side:
         raise ValueError(f"the example image {tuple(image.shape)} of the export needs sides of at least {side} pixels")
+    return image
+
+
+def export_program(module: nn.Module, image: torch.Tensor = None) -> "torch.export.ExportedProgram":
+    """torch.export.export of the export module with a dynamic image height and width."""
+    image = example_input(module, image)
     try:
         # guards that the solver cannot prove over the whole range (e.g. a stride check "1 % (W/4) != 0")
         # become runtime asserts instead of a refusal
@@ -93,10 +100,7 @@ def trace(module: nn.Module, image: torch.Tensor = None) -> torch.jit.ScriptModu
     """torch.jit.trace of the export module. The tracer records sizes as tensors (instseg.export.
     common.at_most), so the trace is dynamic in height and width; it is checked on a second image
     of other sides, where a size baked in as a constant would change the outputs."""
-    side = min_side(module)
-    image = example_image(side + 31, side + 63) if image is None else image
-    if min(image.shape[-2:]) < side:
-        raise ValueError(f"the example image {tuple(image.shape)} of the export needs sides of at least {side} pixels")
+    image = example_input(module, image)
     name = type(module.model).__qualname__
     try:
         with warnings.catch_warnings():

@@ -16,8 +16,8 @@ class Backbone(nn.Module):
 
 
 class WidthModule(nn.Module):
-    """An export module's shape: `model.backbone`, `output_names`; returns the first
-    min(width, 40) columns of the image's first row, and the width as a tensor."""
+    """An export module's shape: `model.backbone`, `output_names`; returns the min(width, 40)
+    largest values of the image's first row, and the width as a tensor."""
 
     output_names = ("columns", "width")
 
